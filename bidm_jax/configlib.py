@@ -1,0 +1,105 @@
+"""Start-up validation of a full config: every bad value fails before any device work, with a
+message that names the field and lists the valid choices."""
+from __future__ import annotations
+
+from bidm_jax.data.cifar10 import SOURCES
+from bidm_jax.data.pipeline import DATASETS
+from bidm_jax.diffusion.losses import REDUCTIONS
+from bidm_jax.diffusion.samplers import CONVENTIONS, SAMPLERS, VAR_TYPES
+from bidm_jax.diffusion.schedules import SCHEDULES
+from bidm_jax.models import ARCHITECTURES, DTYPES
+
+MATMUL_PRECISIONS = ("default", "tensorfloat32", "float32", "bfloat16", "highest")
+DISTRIBUTED = ("auto", "yes", "no")
+
+
+def _choice(cfg, section: str, field: str, choices) -> None:
+    value = cfg[section][field]
+    if value not in choices:
+        raise ValueError(f"{section}.{field}={value!r} is invalid; valid choices: "
+                         f"{', '.join(map(str, choices))}")
+
+
+def _positive(cfg, section: str, field: str, allow_zero: bool = False) -> None:
+    value = cfg[section][field]
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise ValueError(f"{section}.{field}={value!r} must be "
+                         f"{'>= 0' if allow_zero else '> 0'}")
+
+
+def _unit_interval(cfg, section: str, field: str) -> None:
+    value = cfg[section][field]
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{section}.{field}={value!r} must be in [0, 1)")
+
+
+def validate_config(cfg) -> None:
+    """Raises ValueError on the first invalid field."""
+    _choice(cfg, "data", "dataset", DATASETS)
+    _choice(cfg, "data", "source", SOURCES)
+    _choice(cfg, "data", "split", ("train", "test"))
+    _positive(cfg, "data", "image_size")
+    _choice(cfg, "model", "name", ARCHITECTURES)
+    _choice(cfg, "model", "dtype", tuple(DTYPES))
+    for f in ("ch", "num_res_blocks", "in_channels", "out_ch", "resolution"):
+        _positive(cfg, "model", f)
+    if cfg.model.ch % 32:
+        raise ValueError(f"model.ch={cfg.model.ch} must be a multiple of 32 (GroupNorm groups)")
+    if not cfg.model.ch_mult or any(m <= 0 for m in cfg.model.ch_mult):
+        raise ValueError(f"model.ch_mult={cfg.model.ch_mult} must be non-empty and positive")
+    if cfg.model.resolution % 2 ** (len(cfg.model.ch_mult) - 1):
+        raise ValueError(f"model.resolution={cfg.model.resolution} must be divisible by "
+                         f"2**(len(ch_mult)-1)={2 ** (len(cfg.model.ch_mult) - 1)}")
+    if cfg.model.resolution != cfg.data.image_size:
+        raise ValueError(f"model.resolution={cfg.model.resolution} differs from "
+                         f"data.image_size={cfg.data.image_size}")
+    _unit_interval(cfg, "model", "dropout")
+    _choice(cfg, "diffusion", "schedule", SCHEDULES)
+    _choice(cfg, "diffusion", "loss_reduction", REDUCTIONS)
+    _choice(cfg, "diffusion", "sampler", SAMPLERS)
+    _choice(cfg, "diffusion", "timestep_convention", CONVENTIONS)
+    _choice(cfg, "diffusion", "var_type", VAR_TYPES)
+    _positive(cfg, "diffusion", "num_timesteps")
+    if not 1 <= cfg.diffusion.sample_steps <= cfg.diffusion.num_timesteps:
+        raise ValueError(f"diffusion.sample_steps={cfg.diffusion.sample_steps} must be in "
+                         f"[1, {cfg.diffusion.num_timesteps}]")
+    if cfg.diffusion.eta < 0:
+        raise ValueError(f"diffusion.eta={cfg.diffusion.eta} must be >= 0")
+    if not 0 < cfg.diffusion.beta_start < cfg.diffusion.beta_end < 1:
+        raise ValueError("need 0 < diffusion.beta_start < diffusion.beta_end < 1, got "
+                         f"{cfg.diffusion.beta_start}, {cfg.diffusion.beta_end}")
+    for f in ("batch_size", "lr", "log_every"):
+        _positive(cfg, "train", f)
+    for f in ("num_steps", "warmup_steps", "grad_clip", "sample_every", "weight_decay"):
+        _positive(cfg, "train", f, allow_zero=True)
+    _unit_interval(cfg, "train", "ema_decay")
+    _choice(cfg, "train", "matmul_precision", MATMUL_PRECISIONS)
+    for f in ("num_samples", "batch_size", "grid_size"):
+        _positive(cfg, "sample", f)
+    _positive(cfg, "ckpt", "save_every")
+    _positive(cfg, "ckpt", "max_to_keep")
+    _positive(cfg, "ckpt", "keep_period", allow_zero=True)
+    _choice(cfg, "mesh", "distributed", DISTRIBUTED)
+    if cfg.mesh.data == 0 or cfg.mesh.data < -1:
+        raise ValueError(f"mesh.data={cfg.mesh.data} must be -1 (all devices) or >= 1")
+    for section, validate in _section_validators():
+        validate(cfg[section])
+
+
+def _section_validators():
+    """Validators that live beside the code that owns a config section."""
+    return []
+
+
+def sibling(config_file: str, name: str):
+    """Loads config module ``name`` from the folder of ``config_file``: lets override files
+    import ``default.py`` wherever the configs folder lives (config files load by path)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_bidm_jax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,111 @@
+"""CIFAR-10 readers: the official python archive (or its folder), the project's JPEG npz,
+and tensorflow-datasets when it is installed and can reach its source.
+
+All readers return ``(images, labels)``: uint8 ``(N, 32, 32, 3)`` NHWC and int32 ``(N,)``.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+
+import numpy as np
+
+SOURCES = ("auto", "archive", "npz", "tfds")
+SPLITS = ("train", "test")
+
+HOW_TO_GET = (
+    "CIFAR-10 was not found. Get it in one of these ways and point --config.data.path at it:\n"
+    "  * the official archive: https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz\n"
+    "    (170,498,071 bytes, md5 c58f30108f718f92721af3b95e74349a), the .tar.gz itself or\n"
+    "    the extracted 'cifar-10-batches-py' folder;\n"
+    "  * an npz with keys train_jpeg/train_offsets/train_labels (and test_*), JPEG-encoded;\n"
+    "  * or install the tfds extra (pip install 'bidm_jax[tfds]') on a machine with network\n"
+    "    access and use --config.data.source=tfds."
+)
+
+
+def _batches(split: str) -> list[str]:
+    return [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+
+
+def _stack_batches(dicts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    # Official batches store each image as 3072 bytes: 1024 R, then G, then B (CHW).
+    data = np.concatenate([d[b"data"] for d in dicts]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([np.asarray(d[b"labels"]) for d in dicts])
+    return np.ascontiguousarray(data.transpose(0, 2, 3, 1)), labels.astype(np.int32)
+
+
+def _read_archive(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    names = _batches(split)
+    if os.path.isdir(path):
+        folder = path
+        if os.path.isdir(os.path.join(path, "cifar-10-batches-py")):
+            folder = os.path.join(path, "cifar-10-batches-py")
+        dicts = []
+        for n in names:
+            with open(os.path.join(folder, n), "rb") as f:
+                dicts.append(pickle.load(f, encoding="bytes"))
+        return _stack_batches(dicts)
+    with tarfile.open(path, "r:gz") as tar:
+        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+        missing = [n for n in names if n not in members]
+        if missing:
+            raise ValueError(f"{path} is not the CIFAR-10 python archive: missing {missing}")
+        dicts = [pickle.load(tar.extractfile(members[n]), encoding="bytes") for n in names]
+    return _stack_batches(dicts)
+
+
+def _read_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    with np.load(path) as z:
+        need = [f"{split}_jpeg", f"{split}_offsets", f"{split}_labels"]
+        missing = [k for k in need if k not in z.files]
+        if missing:
+            raise ValueError(f"{path} lacks keys {missing}; found {sorted(z.files)}")
+        buf, off, labels = (z[k] for k in need)
+    images = np.empty((len(off) - 1, 32, 32, 3), np.uint8)
+    for i in range(len(off) - 1):
+        img = Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes())).convert("RGB")
+        images[i] = np.asarray(img)
+    return images, labels.astype(np.int32)
+
+
+def _read_tfds(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise FileNotFoundError(HOW_TO_GET) from e
+    try:
+        ds = tfds.as_numpy(tfds.load("cifar10", split=split, batch_size=-1, data_dir=data_dir))
+    except Exception as e:  # tfds raises many error types when its source is unreachable
+        raise FileNotFoundError(f"tfds could not load cifar10 ({e}).\n{HOW_TO_GET}") from e
+    return ds["image"].astype(np.uint8), ds["label"].astype(np.int32)
+
+
+def load_cifar10(split: str = "train", path: str | None = None,
+                 source: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Loads a CIFAR-10 split.
+
+    Args:
+      split: "train" (50,000 images) or "test" (10,000).
+      path: the official ``cifar-10-python.tar.gz``, its extracted folder, or an npz in the
+        project's JPEG format. For ``source="tfds"`` it is the tfds data_dir.
+      source: "auto" (decide by ``path``; tfds when no path), "archive", "npz" or "tfds".
+
+    Returns:
+      images uint8 (N, 32, 32, 3), labels int32 (N,).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if source not in SOURCES:
+        raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
+    if source == "tfds" or (source == "auto" and not path):
+        return _read_tfds(split, path or None)
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"No file or folder at data.path={path!r}.\n{HOW_TO_GET}")
+    if source == "npz" or (source == "auto" and path.endswith(".npz")):
+        return _read_npz(path, split)
+    return _read_archive(path, split)

@@ -1,0 +1,55 @@
+"""Layer factories: the single place where the UNet's convs and linears are made.
+
+The UNet never instantiates ``nnx.Conv``/``nnx.Linear`` itself; it asks a factory for each
+layer by its *path* (the official state-dict name, e.g. ``down.1.block.0.conv1``). The FP
+factory below gives plain layers; a quantization policy gives binary ones for the same paths,
+so students are built without editing the model (design.md §3 "one UNet, many precisions").
+
+Contract (every factory implements it):
+  ``conv(path, in_features, out_features, kernel_size, *, stride=1, padding=0, rngs)``
+      -> module called as ``y = layer(x)``, x NHWC; ``padding`` is a symmetric integer pad as
+      in PyTorch (the Downsample conv uses 0 and the model pads (0,1,0,1) itself).
+  ``dense(path, in_features, out_features, *, rngs)`` -> module, x (B, F).
+Parameters are named ``kernel`` ((kh, kw, I, O) or (I, O)) and ``bias`` (O,).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def torch_uniform(fan_in: int):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default init for conv/linear weights and
+    biases, which the official DDIM code trains with (kaiming_uniform with a=sqrt(5))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class FPFactory:
+    """Full-precision layers. ``dtype`` is the compute dtype (params stay float32)."""
+
+    def __init__(self, dtype=None):
+        self.dtype = dtype
+        self.paths: list[str] = []
+
+    def conv(self, path: str, in_features: int, out_features: int, kernel_size: int, *,
+             stride: int = 1, padding: int = 0, rngs: nnx.Rngs) -> nnx.Module:
+        self.paths.append(path)
+        init = torch_uniform(in_features * kernel_size * kernel_size)
+        return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
+                        padding=((padding, padding), (padding, padding)), kernel_init=init,
+                        bias_init=init, dtype=self.dtype, rngs=rngs)
+
+    def dense(self, path: str, in_features: int, out_features: int, *,
+              rngs: nnx.Rngs) -> nnx.Module:
+        self.paths.append(path)
+        init = torch_uniform(in_features)
+        return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init,
+                          dtype=self.dtype, rngs=rngs)

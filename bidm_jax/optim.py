@@ -1,0 +1,66 @@
+"""Optimizer, EMA and the guarded update shared by teacher training and distillation."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def make_optimizer(tcfg) -> optax.GradientTransformation:
+    """Adam (AdamW when weight_decay > 0) with global-norm clipping and linear warm-up:
+    lr_s = lr · min(1, (s+1)/warmup) (DDPM/ermongroup recipe)."""
+    warm = max(int(tcfg.warmup_steps), 0)
+    lr = float(tcfg.lr)
+    schedule = (lambda s: lr * jnp.minimum(1.0, (s + 1) / warm)) if warm else lr
+    parts = [optax.clip_by_global_norm(tcfg.grad_clip)] if tcfg.grad_clip > 0 else []
+    if tcfg.weight_decay > 0:
+        parts.append(optax.adamw(schedule, b1=tcfg.adam_b1, b2=tcfg.adam_b2, eps=tcfg.adam_eps,
+                                 weight_decay=tcfg.weight_decay))
+    else:
+        parts.append(optax.adam(schedule, b1=tcfg.adam_b1, b2=tcfg.adam_b2, eps=tcfg.adam_eps))
+    return optax.chain(*parts)
+
+
+def init_state(params: dict, opt: optax.GradientTransformation, seed: int) -> dict:
+    """Training state pytree. ``rng`` holds raw key data so it checkpoints as plain uint32."""
+    return {"params": params, "ema": jax.tree_util.tree_map(jnp.copy, params),
+            "opt": opt.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(seed)),
+            "nonfinite": jnp.zeros((), jnp.int32)}
+
+
+def step_key(state: dict) -> jax.Array:
+    """The step's key: fold_in(seed key, step), so a resumed run draws the same stream."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTransformation,
+                   ema_decay: float):
+    """One optimizer step on ``loss_fn(params, batch, key) -> (loss, metrics)``.
+
+    A non-finite loss or gradient leaves params, EMA and optimizer state untouched and
+    increments ``state["nonfinite"]``; the step counter advances either way so the data and
+    RNG streams stay aligned with an uninterrupted run.
+    """
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], batch, step_key(state))
+    ok = jnp.isfinite(loss) & all_finite(grads)
+    updates, opt_new = opt.update(grads, state["opt"], state["params"])
+    params_new = optax.apply_updates(state["params"], updates)
+    ema_new = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                     state["ema"], params_new)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_state = {**state, "params": keep(params_new, state["params"]),
+                 "ema": keep(ema_new, state["ema"]), "opt": keep(opt_new, state["opt"]),
+                 "step": state["step"] + 1,
+                 "nonfinite": state["nonfinite"] + (~ok).astype(jnp.int32)}
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics,
+               "skipped": (~ok).astype(jnp.float32)}
+    return new_state, metrics

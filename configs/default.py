@@ -1,0 +1,94 @@
+"""Default configuration: every field any mode reads, with the DDIM CIFAR-10 values.
+
+Experiment files import ``get_config`` from here and override a few fields. Any field can be
+overridden on the command line, e.g.
+
+    python -m bidm_jax.main --config configs/default.py --workdir runs/x --config.train.lr=1e-4
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mode = "train"             # default --mode when the flag is not given
+
+    c.data = d = ml_collections.ConfigDict()
+    d.dataset = "cifar10"        # cifar10 | digits (embedded, no download)
+    d.source = "auto"            # auto | archive | npz | tfds
+    d.path = ""                  # archive (.tar.gz or folder), npz, or tfds data_dir
+    d.split = "train"
+    d.image_size = 32
+    d.random_flip = True
+
+    c.model = m = ml_collections.ConfigDict()
+    m.name = "ddim_unet"
+    m.ch = 128
+    m.ch_mult = (1, 2, 2, 2)
+    m.num_res_blocks = 2
+    m.attn_resolutions = (16,)
+    m.dropout = 0.1
+    m.in_channels = 3
+    m.out_ch = 3
+    m.resolution = 32
+    m.resamp_with_conv = True
+    m.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32)
+
+    c.diffusion = f = ml_collections.ConfigDict()
+    f.schedule = "linear"        # linear (ermongroup) | sqrt_linear (LDM)
+    f.beta_start = 1e-4
+    f.beta_end = 2e-2
+    f.num_timesteps = 1000
+    f.loss_reduction = "sum"     # sum over pixels (ermongroup/BiDM) | mean (DDPM/LDM)
+    f.antithetic = True
+    f.sampler = "ddim"           # ddim | ddpm
+    f.sample_steps = 100
+    f.eta = 0.0
+    f.timestep_convention = "ermongroup"  # ermongroup {0,10,..} | ldm {1,11,..}
+    f.var_type = "fixedlarge"    # DDPM sampler variance: fixedlarge | fixedsmall
+    f.clip_x0 = True             # DDPM sampler only (DDIM never clips)
+
+    c.train = t = ml_collections.ConfigDict()
+    t.batch_size = 128           # global, over all devices and processes
+    t.num_steps = 800_000
+    t.lr = 2e-4
+    t.warmup_steps = 5000
+    t.grad_clip = 1.0
+    t.adam_b1 = 0.9
+    t.adam_b2 = 0.999
+    t.adam_eps = 1e-8
+    t.weight_decay = 0.0
+    t.ema_decay = 0.9999
+    t.log_every = 100
+    t.sample_every = 0           # write a sample grid every N steps (0 = only at the end)
+    t.matmul_precision = "default"  # default | tensorfloat32 | float32 (= highest)
+
+    c.sample = s = ml_collections.ConfigDict()
+    s.num_samples = 64
+    s.batch_size = 64
+    s.seed = 1234
+    s.use_ema = True
+    s.grid_size = 64             # images in the PNG grid (<= num_samples)
+
+    c.ckpt = k = ml_collections.ConfigDict()
+    k.save_every = 5000
+    k.max_to_keep = 2            # latest checkpoints kept ...
+    k.keep_period = 50_000       # ... plus every step divisible by this (0 = none)
+    k.init_from = ""             # start from this project checkpoint dir (e.g. a converted teacher)
+
+    c.mesh = h = ml_collections.ConfigDict()
+    h.data = -1                  # devices on the data axis (-1 = all)
+    h.distributed = "auto"       # auto | yes | no : call jax.distributed.initialize()
+    h.coordinator_address = ""   # host:port for explicit multi-process runs
+    h.num_processes = 0
+    h.process_id = -1
+
+    c.quant = q = ml_collections.ConfigDict()
+    q.method = "fp"
+
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ""
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.features = "proxy"
+    return c
