@@ -22,7 +22,9 @@ def manager(directory: str, *, max_to_keep: int = 2, keep_period: int = 0,
     """Keeps the ``max_to_keep`` latest steps plus every multiple of ``keep_period``."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            keep_period=keep_period or None, create=create)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    # Naming the handler lets metadata (shapes) be read before any restore.
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, *, wait: bool = False) -> None:

@@ -1,4 +1,10 @@
-"""Optimizer, EMA and the guarded update shared by teacher training and distillation."""
+"""Optimizer, EMA and the guarded update shared by teacher training and distillation.
+
+The training state keeps parameters, EMA and Adam moments as single flat float32 vectors
+(``jax.flatten_util.ravel_pytree``): the optimizer, EMA and the non-finite guard then compile
+to a few fused kernels instead of several per tensor (on CPU that is 18 s of XLA compile
+instead of 98 s for a small UNet; on GPU, fewer launches). Checkpoints store named tensors.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,6 +12,20 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
+
+
+class Flat:
+    """Ravel/unravel between a flat vector and the named parameter dict (sorted by name)."""
+
+    def __init__(self, params: dict):
+        self.template = {k: jax.ShapeDtypeStruct(jnp.shape(v), jnp.float32)
+                         for k, v in params.items()}
+        _, self.unravel = ravel_pytree({k: jnp.zeros(v.shape, v.dtype)
+                                        for k, v in self.template.items()})
+
+    def ravel(self, params: dict) -> jax.Array:
+        return ravel_pytree({k: jnp.asarray(params[k], jnp.float32) for k in self.template})[0]
 
 
 def make_optimizer(tcfg) -> optax.GradientTransformation:
@@ -23,10 +43,11 @@ def make_optimizer(tcfg) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def init_state(params: dict, opt: optax.GradientTransformation, seed: int) -> dict:
-    """Training state pytree. ``rng`` holds raw key data so it checkpoints as plain uint32."""
-    return {"params": params, "ema": jax.tree_util.tree_map(jnp.copy, params),
-            "opt": opt.init(params), "step": jnp.zeros((), jnp.int32),
+def init_state(flat_params: jax.Array, opt: optax.GradientTransformation, seed: int) -> dict:
+    """Training state pytree over a flat parameter vector (see ``Flat``). ``rng`` holds raw
+    key data so it checkpoints as plain uint32."""
+    return {"params": flat_params, "ema": jnp.copy(flat_params),
+            "opt": opt.init(flat_params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(seed)),
             "nonfinite": jnp.zeros((), jnp.int32)}
 
@@ -42,25 +63,25 @@ def all_finite(tree) -> jax.Array:
 
 
 def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTransformation,
-                   ema_decay: float):
-    """One optimizer step on ``loss_fn(params, batch, key) -> (loss, metrics)``.
+                   ema_decay: float, unravel: Callable):
+    """One optimizer step on ``loss_fn(params_dict, batch, key) -> (loss, metrics)``;
+    ``unravel`` maps the state's flat vector to that dict.
 
     A non-finite loss or gradient leaves params, EMA and optimizer state untouched and
     increments ``state["nonfinite"]``; the step counter advances either way so the data and
     RNG streams stay aligned with an uninterrupted run.
     """
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, step_key(state))
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda v: loss_fn(unravel(v), batch, step_key(state)), has_aux=True)(state["params"])
     ok = jnp.isfinite(loss) & all_finite(grads)
     updates, opt_new = opt.update(grads, state["opt"], state["params"])
     params_new = optax.apply_updates(state["params"], updates)
-    ema_new = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                                     state["ema"], params_new)
+    ema_new = ema_decay * state["ema"] + (1.0 - ema_decay) * params_new
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = {**state, "params": keep(params_new, state["params"]),
                  "ema": keep(ema_new, state["ema"]), "opt": keep(opt_new, state["opt"]),
                  "step": state["step"] + 1,
                  "nonfinite": state["nonfinite"] + (~ok).astype(jnp.int32)}
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics,
+    metrics = {"loss": loss, "grad_norm": jnp.linalg.norm(grads), **metrics,
                "skipped": (~ok).astype(jnp.float32)}
     return new_state, metrics

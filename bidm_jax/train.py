@@ -67,16 +67,23 @@ class Loop:
         parallel.check_batch(tcfg.batch_size, self.mesh)
         self.repl = parallel.replicated(self.mesh)
         self.opt = optim.make_optimizer(tcfg)
-        self.state = place(optim.init_state(params, self.opt, config.seed), self.repl)
+        self.flat = optim.Flat(params)
+        self.unravel = jax.jit(self.flat.unravel, out_shardings=self.repl)
+        self.ravel = jax.jit(self.flat.ravel, out_shardings=self.repl)
+        self.state = place(optim.init_state(self.flat.ravel(params), self.opt, config.seed),
+                           self.repl)
         self.mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=config.ckpt.max_to_keep,
                                        keep_period=config.ckpt.keep_period)
         latest = self.mngr.latest_step()
         if latest is not None:
-            self.state = checkpoint.restore(self.mngr, latest, self.state)
+            restored = checkpoint.restore(self.mngr, latest, self._named(self.state))
+            self.state = {**restored, "params": self.ravel(restored["params"]),
+                          "ema": self.ravel(restored["ema"])}
             logging.info("resumed from %s step %d", self.mngr.directory, latest)
         self.step_fn = jax.jit(
-            lambda s, b: optim.guarded_update(s, loss_fn, b, self.opt, tcfg.ema_decay),
+            lambda s, b: optim.guarded_update(s, loss_fn, b, self.opt, tcfg.ema_decay,
+                                              self.flat.unravel),
             in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
             out_shardings=(self.repl, self.repl), donate_argnums=0)
         self.sample_fn = make_sampler(sample_model_fn or fp_model_fn(fm), config)
@@ -86,12 +93,20 @@ class Loop:
     def step(self) -> int:
         return int(np.asarray(self.state["step"].addressable_data(0)))
 
+    def _named(self, state: dict) -> dict:
+        """The checkpoint form of the state: named tensors instead of flat vectors."""
+        return {**state, "params": self.unravel(state["params"]),
+                "ema": self.unravel(state["ema"])}
+
+    def params(self, ema: bool = True) -> dict:
+        return self.unravel(self.state["ema" if ema else "params"])
+
     def save(self, wait: bool = False) -> None:
-        checkpoint.save(self.mngr, self.step, self.state, wait=wait)
+        checkpoint.save(self.mngr, self.step, self._named(self.state), wait=wait)
 
     def samples(self, num: int | None = None) -> np.ndarray:
         num = num or self.config.sample.grid_size
-        params = self.state["ema" if self.config.sample.use_ema else "params"]
+        params = self.params(ema=self.config.sample.use_ema)
         return generate(self.sample_fn, params, self.config, self.mesh, num=num,
                         seed=self.config.sample.seed)
 

@@ -99,7 +99,7 @@ def ddpm_sample(model_fn: ModelFn, x_T: jax.Array, abar: np.ndarray, *, steps: i
     ts = ddim_timesteps(T, steps or T, "ermongroup")
     a, a_prev = ddim_alpha_pairs(np.asarray(abar, np.float64), ts, "ermongroup")
     beta = 1 - a / a_prev
-    var = beta if var_type == "fixedlarge" else beta * (1 - a_prev) / (1 - a)
+    var = beta.copy() if var_type == "fixedlarge" else beta * (1 - a_prev) / (1 - a)
     var[0] = 0.0  # the final step (t = ts[0]) adds no noise
     rng = jax.random.PRNGKey(0) if rng is None else rng
 

@@ -23,7 +23,7 @@ class Functional:
         flat = nnx.to_flat_state(params)
         self.paths = [k for k, _ in flat]
         self.names = [path_name(k) for k in self.paths]
-        self.params: Params = {path_name(k): v[...] for k, v in flat}
+        self.params: Params = {path_name(k): v.get_value() for k, v in flat}
 
     def module(self, params: Params) -> nnx.Module:
         missing = [n for n in self.names if n not in params]

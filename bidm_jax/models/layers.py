@@ -18,6 +18,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -27,7 +28,12 @@ def torch_uniform(fan_in: int):
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        if isinstance(key, jax.core.Tracer):  # inside eval_shape/jit
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        # Eager: draw on the host from the key's bits. XLA's CPU compile of one threefry
+        # sampler per parameter shape costs tens of seconds; NumPy costs milliseconds.
+        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+        return jnp.asarray(np.random.default_rng(seed).uniform(-bound, bound, shape), dtype)
 
     return init
 

@@ -1,0 +1,94 @@
+"""The ``quant`` config section: method name and the paper-vs-code flags (methods.md §9).
+
+Defaults follow the spec's suggestion column: BiDM's released code where the spec says
+"code", the BiDM CIFAR code's shortcut scale (no abs, init 0.0). Override per experiment,
+e.g. ``--config.quant.method=xnor`` or ``--config.quant.shortcut_abs=True``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+__all__ = ["get_quant_config", "validate_quant_config", "METHODS", "CHOICES",
+           "DEFAULT_FP_LAYERS", "DEFAULT_BINARY_LAYERS"]
+
+METHODS = ("bidm", "xnor", "xnor++", "dorefa", "reactnet", "reste", "bbcu", "fp")
+
+# Valid values of the string flags.
+CHOICES = {
+    "method": METHODS,
+    "weight_scale": ("detached", "learnable"),
+    "xnor_weight_grad": ("ste", "exact"),
+    "kconv_bias": ("code", "none"),
+    "linear_tau": ("code", "paper"),
+    "shortcut": ("auto", "none", "scaled", "unit"),
+    "binary_bias": ("drop", "keep"),
+}
+
+# Layers kept full precision (fnmatch patterns on the official state-dict names), checked
+# before DEFAULT_BINARY_LAYERS. DDIM CIFAR (methods.md §2.1): time MLP, conv_in, conv_out,
+# nin_shortcut. LDM names (§2.1 LDM list) are included so one policy covers both UNets.
+DEFAULT_FP_LAYERS = (
+    "temb.dense.*", "conv_in", "conv_out", "*.nin_shortcut",
+    "time_embed.*", "input_blocks.0.0", "out.2", "*.skip_connection",
+)
+
+# Binarized layers: DDIM ResBlock conv1/conv2/temb_proj, attention q/k/v/proj_out,
+# down/upsample convs; LDM in_layers.2, out_layers.3, emb_layers.1, qkv, proj_out, op, conv.
+DEFAULT_BINARY_LAYERS = (
+    "*.conv1", "*.conv2", "*.temb_proj", "*.q", "*.k", "*.v", "*.proj_out",
+    "*.downsample.conv", "*.upsample.conv",
+    "*.in_layers.2", "*.out_layers.3", "*.emb_layers.1", "*.qkv", "*.op", "output_blocks.*.conv",
+)
+
+
+def get_quant_config() -> ml_collections.ConfigDict:
+    """Default ``quant`` section. See docs/quantization.md for every field."""
+    c = ml_collections.ConfigDict()
+    c.method = "bidm"
+    # BiDM/ReActNet/BBCU weight scale: 'detached' per-channel mean|W| (code, §2.2) or
+    # 'learnable' sigma initialised to mean|W| (BiDM paper Eq. 6).
+    c.weight_scale = "detached"
+    # 'xnor' only: 'ste' = BiDM vanilla (clip STE), 'exact' = XNOR-Net's (1/n + alpha 1[|W|<=1]).
+    c.xnor_weight_grad = "ste"
+    # BiDM k-conv bias: 'code' learnable, PyTorch default init U(-1/k, 1/k); 'none' = paper.
+    c.kconv_bias = "code"
+    # BiDM dense layers: 'code' forward sign(x) ignores tau (gradients only); 'paper' sign(x+tau).
+    c.linear_tau = "code"
+    # Per-conv shortcut (§2.4): 'auto' = method default (bidm/xnor 'scaled', reactnet/bbcu
+    # 'unit', others 'none'); 'scaled' = y + s·shortcut(x) with learnable s;
+    # 'unit' = y + shortcut(x).
+    c.shortcut = "auto"
+    c.shortcut_scale_init = 0.0  # CIFAR code 0.0; LDM code 0.3
+    c.shortcut_abs = False  # CIFAR code False; LDM code True (|s|)
+    # ReSTE (§5): o goes from 1 to reste_o_end with a cosine schedule; threshold t.
+    c.reste_o_end = 3.0
+    c.reste_threshold = 1.5
+    # Binary layers drop the conv/linear bias (§2.2, code); 'keep' adds it back.
+    c.binary_bias = "drop"
+    c.fp_layers = DEFAULT_FP_LAYERS
+    c.binary_layers = DEFAULT_BINARY_LAYERS
+    return c
+
+
+def validate_quant_config(cfg) -> None:
+    """Raise ValueError naming the field and the valid choices for any bad value."""
+    for field, valid in CHOICES.items():
+        if field not in cfg:
+            raise ValueError(f"quant config is missing field {field!r}; "
+                             f"valid choices: {list(valid)}")
+        if cfg[field] not in valid:
+            raise ValueError(f"quant.{field}={cfg[field]!r} is not valid; "
+                             f"choose one of {list(valid)}")
+    if not float(cfg.reste_o_end) >= 1.0:
+        raise ValueError(f"quant.reste_o_end must be >= 1 (o starts at 1), got {cfg.reste_o_end}")
+    if not float(cfg.reste_threshold) > 0.1:
+        raise ValueError(
+            f"quant.reste_threshold must be > 0.1 (the secant interval), got {cfg.reste_threshold}")
+    for field in ("fp_layers", "binary_layers"):
+        pats = cfg[field]
+        if isinstance(pats, str) or not all(isinstance(p, str) for p in pats):
+            raise ValueError(f"quant.{field} must be a tuple of fnmatch patterns, got {pats!r}")
+    float(cfg.shortcut_scale_init)
+    if not isinstance(cfg.shortcut_abs, bool):
+        raise ValueError(f"quant.shortcut_abs must be True or False, got {cfg.shortcut_abs!r}")

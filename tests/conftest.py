@@ -1,0 +1,51 @@
+"""Test set-up: 8 fake CPU devices (must be set before jax initialises its backends) and a
+tiny config shared by the end-to-end tests."""
+import os
+import sys
+
+# LLVM -O0: XLA's CPU compile of the UNet's train step drops from ~18 s to ~6 s; the HLO
+# (and so what is tested) is unchanged.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_backend_optimization_level=0")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+
+def tiny_config(**overrides):
+    """configs/default.py shrunk to an 8x8 two-level UNet on the embedded digits."""
+    from bidm_jax.configlib import sibling
+
+    c = sibling(os.path.join(ROOT, "configs", "default.py"), "default").get_config()
+    c.data.dataset = "digits"
+    c.data.image_size = 8
+    c.data.random_flip = True
+    c.model.resolution = 8
+    c.model.ch = 32
+    c.model.ch_mult = (1, 2)
+    c.model.num_res_blocks = 1
+    c.model.attn_resolutions = (4,)
+    c.model.dropout = 0.1
+    c.diffusion.sample_steps = 4
+    c.train.batch_size = 16
+    c.train.num_steps = 4
+    c.train.warmup_steps = 2
+    c.train.log_every = 1
+    c.train.lr = 1e-3
+    c.sample.num_samples = 8
+    c.sample.batch_size = 8
+    c.sample.grid_size = 8
+    c.ckpt.save_every = 2
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        c[section][field] = value
+    return c
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config
