@@ -20,13 +20,13 @@ from bidm_jax.sample import fp_model_fn, generate, make_sampler, write_samples
 
 
 def teacher_loss_fn(fm: Functional, config):
-    """loss(params, x0, key) -> (ε loss, {}) for x0 (B, H, W, C) in [-1, 1] (DDPM Eq. 14;
+    """loss(params, x0, key, step) -> (ε loss, {}) for x0 (B, H, W, C) in [-1, 1] (DDPM Eq. 14;
     summed or averaged over pixels per ``diffusion.loss_reduction``)."""
     dcfg = config.diffusion
     abar = np.asarray(schedules.from_config(dcfg), np.float32)
     use_dropout = config.model.dropout > 0
 
-    def loss_fn(params, x0, key):
+    def loss_fn(params, x0, key, step=None):
         k_t, k_n, k_d = jax.random.split(key, 3)
         t = losses.sample_timesteps(k_t, x0.shape[0], dcfg.num_timesteps, dcfg.antithetic)
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
@@ -51,17 +51,31 @@ def scalar(x) -> float:
     return float(np.asarray(x.addressable_data(0)))
 
 
+def peak_memory_bytes() -> int:
+    """Largest peak allocation over this process's devices (0 where the backend has no stats,
+    e.g. CPU)."""
+    peaks = []
+    for d in jax.local_devices():
+        try:
+            peaks.append((d.memory_stats() or {}).get("peak_bytes_in_use", 0))
+        except Exception:  # backends without memory statistics
+            peaks.append(0)
+    return max(peaks, default=0)
+
+
 def matmul_precision(name: str):
     return contextlib.nullcontext() if name == "default" else jax.default_matmul_precision(name)
 
 
 class Loop:
     """The shared training loop: jitted guarded step over the mesh, checkpoint/resume,
-    progress, metrics and final samples. ``loss_fn(params, batch, key) -> (loss, metrics)``."""
+    progress, metrics and final samples. ``loss_fn(params, batch, key, step) -> (loss,
+    metrics)``; ``sample_model_fn(params, x, t, carry) -> (eps, carry)`` with ``carry_init(x)``
+    giving the sampler's initial carry (TBS students)."""
 
     def __init__(self, config, workdir: str, fm: Functional, params: dict, loss_fn, *,
-                 sample_model_fn=None, tag: str = ""):
-        self.config, self.workdir, self.fm, self.tag = config, workdir, fm, tag
+                 sample_model_fn=None, carry_init=None):
+        self.config, self.workdir, self.fm = config, workdir, fm
         tcfg = config.train
         self.mesh = parallel.make_data_mesh(config.mesh.data)
         parallel.check_batch(tcfg.batch_size, self.mesh)
@@ -86,7 +100,7 @@ class Loop:
                                               self.flat.unravel),
             in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
             out_shardings=(self.repl, self.repl), donate_argnums=0)
-        self.sample_fn = make_sampler(sample_model_fn or fp_model_fn(fm), config)
+        self.sample_fn = make_sampler(sample_model_fn or fp_model_fn(fm), config, carry_init)
         self.writer = logs.MetricWriter(workdir)
 
     @property
@@ -134,6 +148,10 @@ class Loop:
                     self.writer.image(done, "samples", logs.image_grid(self.samples()))
         self.mngr.wait_until_finished()
         last["train_seconds"] = time.time() - t_start
+        peak = peak_memory_bytes()
+        if peak:
+            last["peak_device_memory_gib"] = peak / 2**30
+            logging.info("peak device memory %.2f GiB", peak / 2**30)
         return last
 
     def close(self) -> None:
