@@ -76,7 +76,11 @@ def load_params(directory: str, *, use_ema: bool = True, step: int | None = None
         raise FileNotFoundError(f"{directory!r} holds no checkpoint steps")
     tree = _metadata_tree(mngr, step)
     key = "ema" if use_ema and "ema" in tree else "params"
-    abstract = {key: _abstract_from_metadata(tree[key], sharding)}
+    # orbax's StandardRestore rejects a partial item, so the whole tree is restored and the
+    # wanted entry picked; stored sharding metadata is not a Sharding, so default to one device.
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = _abstract_from_metadata(dict(tree), sharding)
     out = mngr.restore(step, args=ocp.args.StandardRestore(abstract))[key]
     mngr.close()
     return out

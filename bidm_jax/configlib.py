@@ -89,7 +89,12 @@ def validate_config(cfg) -> None:
 
 def _section_validators():
     """Validators that live beside the code that owns a config section."""
-    return []
+    from bidm_jax.distill.config import validate_distill_config
+    from bidm_jax.metrics.config import validate_eval_config
+    from bidm_jax.quant.config import validate_quant_config
+
+    return [("quant", validate_quant_config), ("distill", validate_distill_config),
+            ("eval", validate_eval_config)]
 
 
 def sibling(config_file: str, name: str):

@@ -64,15 +64,17 @@ def all_finite(tree) -> jax.Array:
 
 def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTransformation,
                    ema_decay: float, unravel: Callable):
-    """One optimizer step on ``loss_fn(params_dict, batch, key) -> (loss, metrics)``;
-    ``unravel`` maps the state's flat vector to that dict.
+    """One optimizer step on ``loss_fn(params_dict, batch, key, step) -> (loss, metrics)``;
+    ``unravel`` maps the state's flat vector to that dict; ``step`` is the int32 step counter
+    (schedules such as ReSTE's o read it).
 
     A non-finite loss or gradient leaves params, EMA and optimizer state untouched and
     increments ``state["nonfinite"]``; the step counter advances either way so the data and
     RNG streams stay aligned with an uninterrupted run.
     """
     (loss, metrics), grads = jax.value_and_grad(
-        lambda v: loss_fn(unravel(v), batch, step_key(state)), has_aux=True)(state["params"])
+        lambda v: loss_fn(unravel(v), batch, step_key(state), state["step"]),
+        has_aux=True)(state["params"])
     ok = jnp.isfinite(loss) & all_finite(grads)
     updates, opt_new = opt.update(grads, state["opt"], state["params"])
     params_new = optax.apply_updates(state["params"], updates)

@@ -7,6 +7,10 @@ overridden on the command line, e.g.
 """
 import ml_collections
 
+from bidm_jax.distill.config import get_distill_config
+from bidm_jax.metrics.config import get_eval_config
+from bidm_jax.quant.config import get_quant_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -83,12 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
     h.num_processes = 0
     h.process_id = -1
 
-    c.quant = q = ml_collections.ConfigDict()
-    q.method = "fp"
+    c.quant = get_quant_config()  # binarization method and paper/code flags
+    c.quant.method = "fp"         # experiment files pick bidm, xnor, ...
 
-    c.distill = ml_collections.ConfigDict()
-    c.distill.teacher = ""
-
-    c.eval = e = ml_collections.ConfigDict()
-    e.features = "proxy"
+    c.distill = get_distill_config()  # teacher path, distillation loss, TBS
+    c.eval = get_eval_config()        # FID/sFID/IS/PR protocol and feature network
     return c

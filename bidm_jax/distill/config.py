@@ -1,0 +1,95 @@
+"""The ``distill`` config section: teacher, distillation loss and BiDM's TBS connection
+(methods.md §2.5–2.8, §9), and its resolution against ``quant.method`` and ``faithful_to``.
+
+Fields left at ``None`` (or ``"auto"``) are filled by :func:`resolve_distill_config`:
+
+* ``faithful_to='paper'`` (default): BiDM paper's CIFAR-10 values, lr 6e-5, λ 3e-2, α_init 0.3;
+  ``faithful_to='code'``: the released CIFAR code's values, lr 1e-4, λ 1e-2, α_init 0.0.
+  An explicit ``distill.lr`` / ``distill.spd_lambda`` / ``distill.tbs_init`` wins over the
+  table. In ``--mode distill`` the resolved ``distill.lr`` replaces ``train.lr``, and
+  ``distill.num_steps`` (when set) replaces ``train.num_steps``, so one config can describe
+  a teacher run and a student run (the quickstart does).
+* ``tbs=None`` → on for ``quant.method='bidm'`` only; ``loss='auto'`` → ``spd`` for bidm,
+  ``none`` for every other method (the baselines of BiDM Tables 1–2 have neither). Set them
+  explicitly for the ablations (XNOR+TBS: ``tbs=True``; XNOR+SPD: ``loss='spd'``).
+"""
+from __future__ import annotations
+
+import copy
+
+import ml_collections
+from ml_collections import config_dict
+
+FAITHFUL_TO = ("paper", "code")
+LOSSES = ("auto", "spd", "l2", "none")
+SPD_FORMS = ("code", "paper")
+TBS_TOPOLOGIES = ("code", "paper")
+
+# methods.md §2.8 / §9: CIFAR-10 values of the BiDM paper (App. A) and of the released code.
+FAITHFUL_VALUES = {
+    "paper": {"lr": 6e-5, "spd_lambda": 3e-2, "tbs_init": 0.3},
+    "code": {"lr": 1e-4, "spd_lambda": 1e-2, "tbs_init": 0.0},
+}
+
+
+def get_distill_config() -> ml_collections.ConfigDict:
+    """Default ``distill`` section (see the module docstring and docs/distillation.md)."""
+    c = ml_collections.ConfigDict()
+    c.teacher = ""              # checkpoint dir of the FP teacher (--mode train or converted)
+    c.teacher_use_ema = True
+    c.faithful_to = "paper"     # paper | code: fills lr, spd_lambda, tbs_init left at None
+    c.lr = config_dict.placeholder(float)          # None = per faithful_to
+    c.num_steps = config_dict.placeholder(int)     # None = train.num_steps
+    c.loss = "auto"             # auto | spd | l2 | none (feature distillation term)
+    c.spd_lambda = config_dict.placeholder(float)  # None = per faithful_to (3e-2 / 1e-2)
+    c.spd_patches = 4
+    c.spd_form = "code"         # code (Frobenius of normalised row-Grams) | paper
+    c.tbs = config_dict.placeholder(bool)          # None = on for bidm only
+    c.tbs_topology = "code"     # code: up-level-1 wiring | paper: last tbs_last_n up blocks
+    c.tbs_last_n = 2            # paper topology: number of connections (CIFAR 2, LDM 8)
+    c.tbs_init = config_dict.placeholder(float)    # α_init; None = per faithful_to
+    return c
+
+
+def validate_distill_config(c) -> None:
+    """Raises ValueError naming the field and its valid values."""
+    for field, choices in (("faithful_to", FAITHFUL_TO), ("loss", LOSSES),
+                           ("spd_form", SPD_FORMS), ("tbs_topology", TBS_TOPOLOGIES)):
+        if c[field] not in choices:
+            raise ValueError(f"distill.{field}={c[field]!r} is invalid; valid choices: "
+                             f"{', '.join(choices)}")
+    if c.spd_lambda is not None and c.spd_lambda < 0:
+        raise ValueError(f"distill.spd_lambda={c.spd_lambda} must be >= 0")
+    if c.lr is not None and c.lr <= 0:
+        raise ValueError(f"distill.lr={c.lr} must be > 0")
+    if c.spd_patches < 1:
+        raise ValueError(f"distill.spd_patches={c.spd_patches} must be >= 1")
+    if c.num_steps is not None and c.num_steps < 0:
+        raise ValueError(f"distill.num_steps={c.num_steps} must be >= 0")
+    if c.tbs_last_n < 1:
+        raise ValueError(f"distill.tbs_last_n={c.tbs_last_n} must be >= 1")
+    if c.tbs is not None and not isinstance(c.tbs, bool):
+        raise ValueError(f"distill.tbs={c.tbs!r} must be True, False or None (auto)")
+
+
+def resolve_distill_config(config) -> ml_collections.ConfigDict:
+    """A copy of the full ``config`` with every automatic ``distill`` field decided:
+    ``lr``, ``spd_lambda``, ``tbs_init`` from ``FAITHFUL_VALUES[faithful_to]`` unless set,
+    ``tbs`` and ``loss`` from ``quant.method``; ``train.lr`` = the resolved ``distill.lr``
+    and ``train.num_steps`` = ``distill.num_steps`` when set."""
+    validate_distill_config(config.distill)
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        d, table = out.distill, FAITHFUL_VALUES[out.distill.faithful_to]
+        for field in ("lr", "spd_lambda", "tbs_init"):
+            if d[field] is None:
+                d[field] = float(table[field])
+        is_bidm = out.quant.method == "bidm"
+        if d.tbs is None:
+            d.tbs = is_bidm
+        if d.loss == "auto":
+            d.loss = "spd" if is_bidm else "none"
+        out.train.lr = float(d.lr)
+        if d.num_steps is not None:
+            out.train.num_steps = int(d.num_steps)
+    return out
