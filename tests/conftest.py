@@ -13,7 +13,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Identical programs (the same train step built by several loops, resumed runs) compile once
+# per test session instead of once per jit object.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="bidm_jax_xla_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def tiny_config(**overrides):
