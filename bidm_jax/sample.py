@@ -88,19 +88,36 @@ def fp_model_fn(fm: Functional):
     return lambda params, x, t, carry: fm(params, x, t, carry)
 
 
+def sampling_model(config):
+    """(Functional, model_fn, carry_init) of the model a workdir holds: the FP UNet, or, for a
+    distillation config (``mode=distill`` or a binary ``quant.method``), the student with its
+    TBS carry. A student's graph is built from the teacher named by ``distill.teacher``."""
+    if config.get("mode") != "distill" and config.quant.method == "fp":
+        fm = Functional(nnx.eval_shape(lambda: build_unet(config.model, rngs=nnx.Rngs(0))))
+        return fm, fp_model_fn(fm), None
+    from bidm_jax.distill.config import resolve_distill_config
+    from bidm_jax.distill.run import build_distill, load_teacher
+
+    config = resolve_distill_config(config)
+    setup = build_distill(config, *load_teacher(config))
+    return setup.student_fm, setup.sample_model_fn, setup.carry_init
+
+
 def run_sample(config, workdir: str) -> str:
     """``--mode sample``: loads the latest checkpoint of ``{workdir}/checkpoints`` (EMA weights
-    unless sample.use_ema=False) and writes samples and a grid."""
+    unless sample.use_ema=False) of a teacher or a distilled student and writes samples and a
+    grid (``samples/samples.npz``, ``samples/grid.png``)."""
     mesh = parallel.make_data_mesh(config.mesh.data)
-    fm = Functional(nnx.eval_shape(lambda: build_unet(config.model, rngs=nnx.Rngs(0))))
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"no checkpoints under {ckpt_dir}; train first (--mode train)")
+        raise FileNotFoundError(f"no checkpoints under {ckpt_dir}; train first "
+                                "(--mode train or --mode distill)")
+    fm, model_fn, carry_init = sampling_model(config)
     params = checkpoint.load_params(ckpt_dir, use_ema=config.sample.use_ema,
                                     sharding=parallel.replicated(mesh))
     check_shapes(fm.shapes(), params, f"checkpoint {ckpt_dir}")
     t0 = time.time()
-    sample_fn = make_sampler(fp_model_fn(fm), config)
+    sample_fn = make_sampler(model_fn, config, carry_init)
     images = generate(sample_fn, params, config, mesh, num=config.sample.num_samples,
                       seed=config.sample.seed)
     path = write_samples(os.path.join(workdir, "samples"), images, config.sample.grid_size)

@@ -7,7 +7,8 @@ Fields left at ``None`` (or ``"auto"``) are filled by :func:`resolve_distill_con
   ``faithful_to='code'``: the released CIFAR code's values, lr 1e-4, λ 1e-2, α_init 0.0.
   An explicit ``distill.lr`` / ``distill.spd_lambda`` / ``distill.tbs_init`` wins over the
   table. In ``--mode distill`` the resolved ``distill.lr`` replaces ``train.lr``, and
-  ``distill.num_steps`` (when set) replaces ``train.num_steps``, so one config can describe
+  ``distill.num_steps`` / ``distill.batch_size`` (when set) replace ``train.num_steps`` /
+  ``train.batch_size``, so one config can describe
   a teacher run and a student run (the quickstart does).
 * ``tbs=None`` → on for ``quant.method='bidm'`` only; ``loss='auto'`` → ``spd`` for bidm,
   ``none`` for every other method (the baselines of BiDM Tables 1–2 have neither). Set them
@@ -40,6 +41,7 @@ def get_distill_config() -> ml_collections.ConfigDict:
     c.faithful_to = "paper"     # paper | code: fills lr, spd_lambda, tbs_init left at None
     c.lr = config_dict.placeholder(float)          # None = per faithful_to
     c.num_steps = config_dict.placeholder(int)     # None = train.num_steps
+    c.batch_size = config_dict.placeholder(int)    # None = train.batch_size
     c.loss = "auto"             # auto | spd | l2 | none (feature distillation term)
     c.spd_lambda = config_dict.placeholder(float)  # None = per faithful_to (3e-2 / 1e-2)
     c.spd_patches = 4
@@ -66,6 +68,8 @@ def validate_distill_config(c) -> None:
         raise ValueError(f"distill.spd_patches={c.spd_patches} must be >= 1")
     if c.num_steps is not None and c.num_steps < 0:
         raise ValueError(f"distill.num_steps={c.num_steps} must be >= 0")
+    if c.batch_size is not None and c.batch_size < 1:
+        raise ValueError(f"distill.batch_size={c.batch_size} must be >= 1")
     if c.tbs_last_n < 1:
         raise ValueError(f"distill.tbs_last_n={c.tbs_last_n} must be >= 1")
     if c.tbs is not None and not isinstance(c.tbs, bool):
@@ -76,7 +80,8 @@ def resolve_distill_config(config) -> ml_collections.ConfigDict:
     """A copy of the full ``config`` with every automatic ``distill`` field decided:
     ``lr``, ``spd_lambda``, ``tbs_init`` from ``FAITHFUL_VALUES[faithful_to]`` unless set,
     ``tbs`` and ``loss`` from ``quant.method``; ``train.lr`` = the resolved ``distill.lr``
-    and ``train.num_steps`` = ``distill.num_steps`` when set."""
+    and ``train.num_steps`` / ``train.batch_size`` = ``distill.num_steps`` / ``batch_size``
+    when set."""
     validate_distill_config(config.distill)
     out = copy.deepcopy(config)
     with out.unlocked():
@@ -92,4 +97,6 @@ def resolve_distill_config(config) -> ml_collections.ConfigDict:
         out.train.lr = float(d.lr)
         if d.num_steps is not None:
             out.train.num_steps = int(d.num_steps)
+        if d.batch_size is not None:
+            out.train.batch_size = int(d.batch_size)
     return out

@@ -69,11 +69,15 @@ class ResnetBlock(nnx.Module):
         self.nin_shortcut = (factory.conv(f"{path}.nin_shortcut", cin, cout, 1, rngs=rngs)
                              if cin != cout else None)
 
-    def __call__(self, x, temb, rng=None):
+    def __call__(self, x, temb, rng=None, tap_conv2=None):
+        """x (B, H, W, cin), temb (B, temb_ch) -> (B, H, W, cout). ``tap_conv2(h) -> h`` sees
+        the conv2 output before the residual add (the point BiDM's CIFAR code hooks)."""
         h = self.conv1(swish(self.norm1(x)))
         h = h + self.temb_proj(swish(temb))[:, None, None, :]
         h = swish(self.norm2(h))
         h = self.conv2(dropout(h, self.dropout_rate, rng))
+        if tap_conv2 is not None:
+            h = tap_conv2(h)
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
         return x + h
@@ -218,9 +222,12 @@ class DDIMUNet(nnx.Module):
           carry: cross-timestep state, passed to ``mixer``; returned unchanged when mixer is None.
           dropout_rng: key enabling dropout (training); None = no dropout.
           mixer: TBS hook, see ``Mixer``.
-          features: optional dict filled with the named outputs that BiDM's CIFAR code hooks
-            (``down.{0,1,2}.downsample``, ``down.3.block.1``, ``mid.block_2``, ``up.{3,2,1}.upsample``)
-            and every attention output; used for distillation losses.
+          features: optional dict filled with every tap point's output (after mixing), keyed
+            by name: ``down.{i}.block.{j}`` (after its attention, if any),
+            ``down.{i}.downsample``, ``{block}.conv2`` (the conv2 output of every ResnetBlock,
+            before the residual add; BiDM's CIFAR code hooks ``down.3.block.1.conv2`` and
+            ``mid.block_2.conv2``), ``mid.block_2``, ``up.{i}.block.{j}`` (the ResnetBlock
+            output), ``up.{i}.attn.{j}`` and ``up.{i}.upsample``. Used by distillation.
         Returns:
           (eps (B, R, R, out_ch), carry).
         """
@@ -237,23 +244,28 @@ class DDIMUNet(nnx.Module):
                 features[name] = h
             return h
 
+        def conv2_tap(block_name):
+            return lambda h: tap(f"{block_name}.conv2", h)
+
         temb = self.temb.dense[1](swish(self.temb.dense[0](timestep_embedding(t, self.ch))))
         hs = [self.conv_in(x)]
         for i, level in enumerate(self.down):
             for j in range(self.num_res_blocks):
-                h = level.block[j](hs[-1], temb, rng())
+                h = level.block[j](hs[-1], temb, rng(), conv2_tap(f"down.{i}.block.{j}"))
                 if len(level.attn):
                     h = level.attn[j](h)
                 hs.append(tap(f"down.{i}.block.{j}", h))
             if level.downsample is not None:
                 hs.append(tap(f"down.{i}.downsample", level.downsample(hs[-1])))
-        h = self.mid.block_1(hs[-1], temb, rng())
+        h = self.mid.block_1(hs[-1], temb, rng(), conv2_tap("mid.block_1"))
         h = self.mid.attn_1(h)
-        h = tap("mid.block_2", self.mid.block_2(h, temb, rng()))
+        h = tap("mid.block_2", self.mid.block_2(h, temb, rng(), conv2_tap("mid.block_2")))
         for i in reversed(range(self.num_levels)):
             level = self.up[i]
             for j in range(self.num_res_blocks + 1):
-                h = level.block[j](jnp.concatenate([h, hs.pop()], axis=-1), temb, rng())
+                h = level.block[j](jnp.concatenate([h, hs.pop()], axis=-1), temb, rng(),
+                                   conv2_tap(f"up.{i}.block.{j}"))
+                h = tap(f"up.{i}.block.{j}", h)
                 if len(level.attn):
                     h = tap(f"up.{i}.attn.{j}", level.attn[j](h))
             if level.upsample is not None:

@@ -1,0 +1,134 @@
+"""Milliseconds per distillation iteration (BiDM Table 9 style) on one device.
+
+    python benchmarks/distill_bench.py --precisions float32,tensorfloat32 --out bench.jsonl
+
+Each variant is one full optimizer step of ``--mode distill`` (the same ``loss_fn`` from
+``bidm_jax.distill.run.build_distill`` and the same ``optim.guarded_update`` as the
+training loop: forward(s), backward, grad clip, Adam, EMA, non-finite guard) at the config's
+batch size on random data; the teacher is a random-init FP UNet (timing does not depend on
+its weights). Reported: median and min ms over ``--steps`` timed steps after ``--warmup``
+steps (compile excluded). Variants:
+
+* ``fp_teacher``   FP UNet, ε loss only (the teacher's own training step)
+* ``xnor``         XNOR baseline = plain binary QAT: no cache pass, no teacher, no SPD
+* ``bidm_k``       BiDM layers (learnable k), no TBS cross-step, no distillation
+* ``bidm_tbs``     + cross-timestep connection (extra student pass at t+1)
+* ``bidm_spd``     BiDM layers + SPD (teacher forward), no cross-step
+* ``bidm_tbs_l2``  TBS + L2 feature distillation
+* ``bidm``         full BiDM: TBS + SPD
+* ``xnor_spd``     XNOR + SPD
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+VARIANTS = {
+    "fp_teacher": ("fp", False, "none"),
+    "xnor": ("xnor", False, "none"),
+    "bidm_k": ("bidm", False, "none"),
+    "bidm_tbs": ("bidm", True, "none"),
+    "bidm_spd": ("bidm", False, "spd"),
+    "bidm_tbs_l2": ("bidm", True, "l2"),
+    "bidm": ("bidm", True, "spd"),
+    "xnor_spd": ("xnor", False, "spd"),
+}
+
+
+def bench_variant(config, name: str, precision: str, steps: int, warmup: int) -> dict:
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from bidm_jax import optim
+    from bidm_jax.distill.config import resolve_distill_config
+    from bidm_jax.distill.run import build_distill, teacher_functional
+    from bidm_jax.models import build_unet
+    from bidm_jax.models.functional import Functional
+    from bidm_jax.train import matmul_precision
+
+    method, tbs, loss = VARIANTS[name]
+    c = config.copy_and_resolve_references()
+    c.quant.method = method
+    c.distill.tbs, c.distill.loss = tbs, loss
+    c.train.matmul_precision = precision
+    c = resolve_distill_config(c)
+    teacher = Functional(build_unet(c.model, rngs=nnx.Rngs(0))).params
+    setup = build_distill(c, teacher_functional(c), teacher)
+    flat = optim.Flat(setup.student_fm.params)
+    opt = optim.make_optimizer(c.train)
+    state = optim.init_state(flat.ravel(setup.student_fm.params), opt, 0)
+    step = jax.jit(lambda s, b: optim.guarded_update(s, setup.loss_fn, b, opt,
+                                                     c.train.ema_decay, flat.unravel),
+                   donate_argnums=0)
+    r = c.model.resolution
+    rng = np.random.default_rng(0)
+    batches = [jax.device_put(rng.uniform(-1, 1, (c.train.batch_size, r, r, 3))
+                              .astype(np.float32)) for _ in range(2)]
+    times = []
+    with matmul_precision(precision):
+        t0 = time.perf_counter()
+        state, m = step(state, batches[0])
+        jax.block_until_ready(state)
+        compile_s = time.perf_counter() - t0
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            state, m = step(state, batches[i % 2])
+            jax.block_until_ready(state)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return {"variant": name, "method": method, "tbs": tbs, "loss": loss,
+            "precision": precision, "batch": c.train.batch_size, "ch": c.model.ch,
+            "resolution": r, "ms_median": statistics.median(times), "ms_min": min(times),
+            "steps": steps, "first_step_s": compile_s, "loss_value": float(m["loss"]),
+            "device": str(jax.devices()[0].device_kind)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                    "cifar10_ddim.py"))
+    p.add_argument("--variants", default="xnor,bidm,bidm_k,bidm_tbs,bidm_spd,fp_teacher")
+    p.add_argument("--precisions", default="float32,tensorfloat32",
+                   help="comma list of train.matmul_precision values")
+    p.add_argument("--runs", default="",
+                   help="explicit precision:variant list (overrides --variants/--precisions)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--tiny", action="store_true", help="8x8, ch 32 UNet (CPU smoke test)")
+    p.add_argument("--out", default="", help="append one JSON line per result")
+    a = p.parse_args(argv)
+
+    from bidm_jax.configlib import sibling
+    config = sibling(os.path.abspath(a.config), os.path.splitext(os.path.basename(a.config))[0])
+    config = config.get_config()
+    if a.tiny:
+        config.model.resolution = config.data.image_size = 8
+        config.model.ch, config.model.ch_mult = 32, (1, 2)
+        config.model.num_res_blocks, config.model.attn_resolutions = 1, (4,)
+        config.train.batch_size = 8
+    if a.runs:
+        runs = [tuple(r.split(":")) for r in a.runs.split(",")]
+    else:
+        runs = [(p_, v) for p_ in a.precisions.split(",") for v in a.variants.split(",")]
+    results = []
+    for precision, name in runs:
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+        res = bench_variant(config, name, precision, a.steps, a.warmup)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+        if a.out:
+            with open(a.out, "a") as f:
+                f.write(json.dumps(res) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""XNOR-Net++ baseline: sign(x) ⊛ sign(W) scaled by a learned Γ = α⊗β⊗γ, no TBS, no
+distillation (methods.md §5).
+
+Same recipe as configs/cifar10_ddim.py (BiDM paper values; ``faithful_to`` applies too).
+
+    python -m bidm_jax.main --config configs/cifar10_ddim_xnorpp.py \
+        --workdir runs/cifar10_xnorpp --config.distill.teacher=checkpoints/ddim_cifar10_ema \
+        --config.data.path=/path/to/cifar-10-python.tar.gz
+"""
+from bidm_jax.configlib import sibling
+
+base = sibling(__file__, "cifar10_ddim").get_config
+
+
+def get_config():
+    c = base()
+    c.quant.method = "xnor++"   # distill.tbs / distill.loss stay automatic: off for baselines
+    return c
