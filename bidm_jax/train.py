@@ -154,6 +154,19 @@ class Loop:
             logging.info("peak device memory %.2f GiB", peak / 2**30)
         return last
 
+    def train_and_sample(self, source: BatchSource, tag: str) -> dict:
+        """Runs to ``train.num_steps``, writes ``samples/samples{tag}.npz`` and its grid, closes
+        the loop (also on errors); returns the last logged metrics."""
+        try:
+            final = self.run(source)
+            images = self.samples()
+            write_samples(os.path.join(self.workdir, "samples"), images,
+                          self.config.sample.grid_size, tag=tag)
+            self.writer.image(self.step, f"samples{tag}", logs.image_grid(images))
+        finally:
+            self.close()
+        return final
+
     def close(self) -> None:
         self.mngr.wait_until_finished()
         self.mngr.close()
@@ -178,12 +191,4 @@ def run_train(config, workdir: str) -> dict:
     logging.info("model: %d parameters, %d devices, %d processes", sum(
         np.size(v) for v in fm.params.values()), jax.device_count(), jax.process_count())
     loop = Loop(config, workdir, fm, initial_params(config, fm), teacher_loss_fn(fm, config))
-    try:
-        final = loop.run(source)
-        images = loop.samples()
-        write_samples(os.path.join(workdir, "samples"), images, config.sample.grid_size,
-                      tag="_train")
-        loop.writer.image(loop.step, "samples", logs.image_grid(images))
-    finally:
-        loop.close()
-    return final
+    return loop.train_and_sample(source, "_train")

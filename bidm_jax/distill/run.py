@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from bidm_jax import checkpoint, logs, parallel
+from bidm_jax import checkpoint, parallel
 from bidm_jax.data.pipeline import BatchSource, load_images
 from bidm_jax.distill import objective
 from bidm_jax.distill import tbs as tbs_lib
@@ -30,7 +30,6 @@ from bidm_jax.distill.config import resolve_distill_config
 from bidm_jax.models import build_unet
 from bidm_jax.models.functional import Functional, check_shapes
 from bidm_jax.quant import build_student
-from bidm_jax.sample import write_samples
 from bidm_jax.train import Loop, place
 
 
@@ -133,12 +132,4 @@ def run_distill(config, workdir: str) -> dict:
             json.dump(info, f, indent=1)
     loop = Loop(config, workdir, setup.student_fm, setup.student_fm.params, setup.loss_fn,
                 sample_model_fn=setup.sample_model_fn, carry_init=setup.carry_init)
-    try:
-        final = loop.run(source)
-        images = loop.samples()
-        write_samples(os.path.join(workdir, "samples"), images, config.sample.grid_size,
-                      tag="_distill")
-        loop.writer.image(loop.step, "samples_distill", logs.image_grid(images))
-    finally:
-        loop.close()
-    return final
+    return loop.train_and_sample(source, "_distill")

@@ -26,6 +26,10 @@ __all__ = ["build_student", "load_teacher_params", "refresh_kernel_inits", "set_
 def _flat(tree) -> dict[tuple, Any]:
     if isinstance(tree, nnx.State):
         tree = nnx.to_pure_dict(tree)
+    if tree and all(isinstance(k, str) and "." in k for k in tree):
+        # The project's checkpoint form: dotted names ("down.0.block.1.conv1.kernel").
+        return {tuple(int(p) if p.isdigit() else p for p in k.split(".")): v
+                for k, v in tree.items()}
     return traverse_util.flatten_dict(dict(tree)) if tree else {}
 
 
@@ -66,11 +70,16 @@ def refresh_kernel_inits(model: nnx.Module) -> None:
             m.init_from_kernel()
 
 
-def build_student(teacher_params, model_config, quant_config, *, rngs: nnx.Rngs | None = None,
-                  input_shape: tuple | None = None, apply_fn: Callable | None = None) -> nnx.Module:
+def build_student(teacher_params, model_config, quant_config=None, *,
+                  rngs: nnx.Rngs | None = None, input_shape: tuple | None = None,
+                  apply_fn: Callable | None = None) -> nnx.Module:
     """Binary (or FP) UNet initialised from a teacher's parameters.
 
-    teacher_params: nnx.State / nested dict of the FP UNet (same model_config);
+    ``build_student(teacher_params, config)`` with a full project config is the short form
+    (its ``model`` and ``quant`` sections; input shape from ``model.resolution``).
+
+    teacher_params: nnx.State / nested dict of the FP UNet (same model_config), or the flat
+    dotted-name dict a project checkpoint holds (``checkpoint.load_params``);
     quant_config: the ``quant`` section; rngs: for the extra params (default nnx.Rngs(0));
     input_shape: (1, H, W, C), needed only by 'xnor++' to size Gamma (the FP model is traced
     abstractly with ``apply_fn``, default ``model(x, t)``; see :func:`trace.trace_layers`).
@@ -79,6 +88,14 @@ def build_student(teacher_params, model_config, quant_config, *, rngs: nnx.Rngs 
     """
     from bidm_jax.models import build_unet  # imported lazily: models depend on this package
 
+    if quant_config is None:
+        if not (hasattr(model_config, "model") and hasattr(model_config, "quant")):
+            raise ValueError("build_student needs (teacher_params, config) with model/quant "
+                             "sections, or (teacher_params, model_config, quant_config)")
+        config, model_config, quant_config = model_config, model_config.model, model_config.quant
+        if input_shape is None:
+            r = config.model.resolution
+            input_shape = (1, r, r, config.model.in_channels)
     validate_quant_config(quant_config)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     sizes = None

@@ -171,7 +171,7 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
     teacher_params = other_params
     paper_bits, paper_scales = 32 * other_params, 0
     for path, info in layers.items():
-        m, spec = info["module"], info["module"].spec
+        spec = info["module"].spec
         teacher_params += info["kernel"] + info["bias"]
         wbits = spec.bits_w if spec.binary else 32
         bias_stored = info["bias"] if (not spec.binary or spec.keep_bias) else 0

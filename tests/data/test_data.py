@@ -1,7 +1,6 @@
 """Readers (official archive, its folder, JPEG npz), the embedded digits, and the
 deterministic per-process batch order."""
 import io
-import os
 import pickle
 import tarfile
 

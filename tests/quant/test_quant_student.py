@@ -95,3 +95,22 @@ def test_full_size_ddim_unet_bookkeeping():
     assert s["macs"]["fp_layers"] / 1e9 == pytest.approx(6.0540, abs=1e-4)
     assert s["macs"]["unclaimed"] / 1e9 == pytest.approx(0.1679, abs=1e-4)
     assert s["macs"]["skip"] / 1e9 == pytest.approx(0.250, abs=1e-3)
+
+
+def test_build_student_short_form_from_checkpoint_dict():
+    """``build_student(teacher_params, config)`` with the flat dotted dict a project
+    checkpoint holds (what ``checkpoint.load_params`` returns)."""
+    from bidm_jax.models.functional import Functional
+    from tests.conftest import tiny_config
+
+    config = tiny_config()
+    config.quant.method = "xnor++"
+    build_unet, _ = _unet_contract()
+    fm = Functional(build_unet(config.model, rngs=nnx.Rngs(0)))
+    student = build_student(fm.params, config)
+    s_flat = Functional(student).params
+    for name, v in fm.params.items():
+        np.testing.assert_array_equal(np.asarray(s_flat[name]), np.asarray(v))
+    assert any(n.endswith("xnorpp.beta") for n in s_flat)
+    with pytest.raises(ValueError, match="model/quant"):
+        build_student(fm.params, config.model)
