@@ -14,11 +14,12 @@ GroupNorm weight/bias → scale/bias. Keys keep their names (``down.1.attn.0.q.w
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from typing import Mapping
 
 import numpy as np
+
+from bidm_jax.convert import file_digest
 
 # ermongroup/ddim functions/ckpt_util.py
 KNOWN_MD5 = {"1fa350b952534ae442b1d5235cce5cd3": "ema_cifar10",
@@ -69,14 +70,6 @@ def to_state_dict(params: Mapping[str, np.ndarray]) -> dict:
     return out
 
 
-def md5sum(path: str) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_torch_checkpoint(path: str) -> dict:
     """Reads a plain state_dict ``.ckpt`` (or a BiDM-style list whose first item is one)."""
     try:
@@ -103,7 +96,7 @@ def convert_file(ckpt: str, out: str, model_config=None, *, check_md5: bool = Tr
             f"no checkpoint at {ckpt!r}. The EMA DDPM CIFAR-10 model is "
             "ema_diffusion_cifar10_model/model-790000.ckpt from pesser/pytorch_diffusion "
             "(md5 1fa350b952534ae442b1d5235cce5cd3).")
-    digest = md5sum(ckpt)
+    digest = file_digest(ckpt, "md5")
     if check_md5 and digest not in KNOWN_MD5:
         raise ValueError(f"{ckpt} has md5 {digest}, not one of the official files "
                          f"{KNOWN_MD5}; pass --no-check-md5 to convert it anyway")

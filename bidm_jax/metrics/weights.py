@@ -14,7 +14,6 @@ the model, it is not stored in the state dict); ``num_batches_tracked`` is dropp
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from bidm_jax.convert import file_digest
 from bidm_jax.metrics.inception import param_shapes
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -45,18 +45,9 @@ def cache_dir(configured: str = "") -> str:
     return path
 
 
-def sha256_of(path: str) -> str:
-    """Hex SHA-256 of a file (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_sha256_prefix(path: str, prefix: str = FID_WEIGHTS_SHA256_PREFIX) -> str:
     """Raises ValueError unless the file's SHA-256 starts with ``prefix``; returns the digest."""
-    digest = sha256_of(path)
+    digest = file_digest(path, "sha256")
     if not digest.startswith(prefix):
         raise ValueError(f"{path}: SHA-256 {digest} does not start with {prefix}; the file is "
                          f"corrupt or not {FID_WEIGHTS_FILENAME}. Delete it and fetch it again "
