@@ -83,8 +83,20 @@ def validate_config(cfg) -> None:
     _choice(cfg, "mesh", "distributed", DISTRIBUTED)
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ValueError(f"mesh.data={cfg.mesh.data} must be -1 (all devices) or >= 1")
+    _validate_export(cfg)
     for section, validate in _section_validators():
         validate(cfg[section])
+
+
+def _validate_export(cfg) -> None:
+    """``export`` section and ``sample.packed`` (both optional in older config files)."""
+    if not isinstance(cfg.sample.get("packed", ""), str):
+        raise ValueError(f"sample.packed={cfg.sample.packed!r} must be '', 'auto' or a path")
+    if "export" in cfg:
+        from bidm_jax.quant.packed import KERNELS, PALLAS_BACKENDS
+
+        _choice(cfg, "export", "kernel", KERNELS)
+        _choice(cfg, "export", "pallas_backend", PALLAS_BACKENDS)
 
 
 def _section_validators():

@@ -3,8 +3,8 @@
     python -m bidm_jax.main --config configs/cifar10_ddim_teacher.py --workdir runs/teacher \
         --mode train [--config.train.lr=1e-4 ...]
 
-Modes: train (FP teacher), distill (binary student), sample, eval, summary, ref_stats,
-train_proxy, quickstart.
+Modes: train (FP teacher), distill (binary student), export (packed 1-bit student), sample,
+eval, summary, ref_stats, train_proxy, quickstart.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "distill", "sample", "eval", "summary", "ref_stats", "train_proxy",
+MODES = ("train", "distill", "export", "sample", "eval", "summary", "ref_stats", "train_proxy",
          "quickstart")
 
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
@@ -41,6 +41,9 @@ def run(config, workdir: str, mode: str):
     if mode == "distill":
         from bidm_jax.distill.run import run_distill
         return run_distill(config, workdir)
+    if mode == "export":
+        from bidm_jax.export import export_student
+        return export_student(config, workdir)
     if mode == "sample":
         from bidm_jax.sample import run_sample
         return run_sample(config, workdir)

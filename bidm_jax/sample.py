@@ -106,20 +106,30 @@ def sampling_model(config):
 def run_sample(config, workdir: str) -> str:
     """``--mode sample``: loads the latest checkpoint of ``{workdir}/checkpoints`` (EMA weights
     unless sample.use_ema=False) of a teacher or a distilled student and writes samples and a
-    grid (``samples/samples.npz``, ``samples/grid.png``)."""
+    grid (``samples/samples.npz``, ``samples/grid.png``). With ``sample.packed`` ('auto' =
+    ``{workdir}/export/packed.npz``, or a path) the student comes from a ``--mode export``
+    file instead and runs from its 1-bit weights (``export.kernel``; docs/export.md)."""
     mesh = parallel.make_data_mesh(config.mesh.data)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"no checkpoints under {ckpt_dir}; train first "
-                                "(--mode train or --mode distill)")
-    fm, model_fn, carry_init = sampling_model(config)
-    params = checkpoint.load_params(ckpt_dir, use_ema=config.sample.use_ema,
-                                    sharding=parallel.replicated(mesh))
-    check_shapes(fm.shapes(), params, f"checkpoint {ckpt_dir}")
+    if config.sample.get("packed"):
+        from bidm_jax.export import packed_sampling_model, resolve_packed_path
+
+        source = resolve_packed_path(config, workdir)
+        fm, model_fn, carry_init, params = packed_sampling_model(config, source)
+        params = jax.device_put(params, parallel.replicated(mesh))
+    else:
+        source = os.path.join(workdir, "checkpoints")
+        if not os.path.isdir(source):
+            raise FileNotFoundError(f"no checkpoints under {source}; train first "
+                                    "(--mode train or --mode distill)")
+        fm, model_fn, carry_init = sampling_model(config)
+        params = checkpoint.load_params(source, use_ema=config.sample.use_ema,
+                                        sharding=parallel.replicated(mesh))
+        check_shapes(fm.shapes(), params, f"checkpoint {source}")
     t0 = time.time()
     sample_fn = make_sampler(model_fn, config, carry_init)
     images = generate(sample_fn, params, config, mesh, num=config.sample.num_samples,
                       seed=config.sample.seed)
     path = write_samples(os.path.join(workdir, "samples"), images, config.sample.grid_size)
-    logging.info("wrote %d samples to %s in %.1fs", len(images), path, time.time() - t0)
+    logging.info("wrote %d samples of %s to %s in %.1fs", len(images), source, path,
+                 time.time() - t0)
     return path

@@ -3,6 +3,7 @@ data parallel over a ``data`` mesh, resumable, with EMA, logging and sample grid
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 
@@ -155,11 +156,18 @@ class Loop:
         return last
 
     def train_and_sample(self, source: BatchSource, tag: str) -> dict:
-        """Runs to ``train.num_steps``, writes ``samples/samples{tag}.npz`` and its grid, closes
+        """Runs to ``train.num_steps``, writes ``sample.num_samples`` images to
+        ``samples/samples{tag}.npz`` (their first ``sample.grid_size`` as the grid), closes
         the loop (also on errors); returns the last logged metrics."""
         try:
             final = self.run(source)
-            images = self.samples()
+            t0 = time.time()
+            images = self.samples(self.config.sample.num_samples)
+            final["sample_seconds"] = time.time() - t0
+            final["num_samples"] = int(len(images))
+            if jax.process_index() == 0:  # machine-readable end-of-run summary
+                with open(os.path.join(self.workdir, "final.json"), "w") as f:
+                    json.dump(final, f, indent=1, default=float)
             write_samples(os.path.join(self.workdir, "samples"), images,
                           self.config.sample.grid_size, tag=tag)
             self.writer.image(self.step, f"samples{tag}", logs.image_grid(images))

@@ -68,11 +68,13 @@ def get_config() -> ml_collections.ConfigDict:
     t.matmul_precision = "default"  # default | tensorfloat32 | float32 (= highest)
 
     c.sample = s = ml_collections.ConfigDict()
-    s.num_samples = 64
+    s.num_samples = 64           # written by --mode sample and at the end of training
     s.batch_size = 64
     s.seed = 1234
     s.use_ema = True
     s.grid_size = 64             # images in the PNG grid (<= num_samples)
+    s.packed = ""                # sample a --mode export file: '' = no (the checkpoint),
+                                 # 'auto' = {workdir}/export/packed.npz, or a path
 
     c.ckpt = k = ml_collections.ConfigDict()
     k.save_every = 5000
@@ -89,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.quant = get_quant_config()  # binarization method and paper/code flags
     c.quant.method = "fp"         # experiment files pick bidm, xnor, ...
+
+    c.export = e = ml_collections.ConfigDict()  # packed 1-bit students (docs/export.md)
+    e.kernel = "xla"             # packed layers run as: xla (int8 conv/dot) | pallas (1-bit kernel)
+    e.pallas_backend = "auto"    # auto | gpu (Triton) | tpu (Mosaic); on a CPU: interpret mode
 
     c.distill = get_distill_config()  # teacher path, distillation loss, TBS
     c.eval = get_eval_config()        # FID/sFID/IS/PR protocol and feature network

@@ -20,7 +20,8 @@ HOW_TO_GET = (
     "  * the official archive: https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz\n"
     "    (170,498,071 bytes, md5 c58f30108f718f92721af3b95e74349a), the .tar.gz itself or\n"
     "    the extracted 'cifar-10-batches-py' folder;\n"
-    "  * an npz with keys train_jpeg/train_offsets/train_labels (and test_*), JPEG-encoded;\n"
+    "  * an npz with keys train_jpeg/train_offsets/train_labels (and test_*), JPEG-encoded,\n"
+    "    or train_images/train_labels (and test_*) decoded (uint8 NHWC);\n"
     "  * or install the tfds extra (pip install 'bidm_jax[tfds]') on a machine with network\n"
     "    access and use --config.data.source=tfds."
 )
@@ -61,6 +62,8 @@ def _read_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     with np.load(path) as z:
+        if f"{split}_images" in z.files:  # already decoded (write_decoded_npz)
+            return np.asarray(z[f"{split}_images"], np.uint8), z[f"{split}_labels"].astype(np.int32)
         need = [f"{split}_jpeg", f"{split}_offsets", f"{split}_labels"]
         missing = [k for k in need if k not in z.files]
         if missing:
@@ -71,6 +74,19 @@ def _read_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         img = Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes())).convert("RGB")
         images[i] = np.asarray(img)
     return images, labels.astype(np.int32)
+
+
+def write_decoded_npz(src: str, dst: str, source: str = "auto") -> str:
+    """Decodes both splits of ``src`` once into ``dst`` (keys ``{split}_images`` uint8 NHWC,
+    ``{split}_labels``), so many processes reading the same data skip JPEG decoding."""
+    arrays = {}
+    for split in SPLITS:
+        images, labels = load_cifar10(split, src, source)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    tmp = dst + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, dst)  # atomic: a reader never sees half a file
+    return dst
 
 
 def _read_tfds(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:

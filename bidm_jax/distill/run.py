@@ -80,16 +80,12 @@ def build_distill(config, teacher_fm: Functional, teacher_params: dict) -> Disti
     """
     if config.distill.tbs is None or config.distill.loss == "auto":
         config = resolve_distill_config(config)
-    mcfg, dist = config.model, config.distill
+    mcfg = config.model
     shape = (mcfg.resolution, mcfg.resolution, mcfg.in_channels)
     teacher_state = nnx.state(teacher_fm.module(teacher_params), nnx.Param)
     student = build_student(teacher_state, mcfg, config.quant, rngs=nnx.Rngs(config.seed),
                             input_shape=(1,) + shape)
-    topology, shapes = None, {}
-    if dist.tbs:
-        topology = tbs_lib.make_topology(student, dist.tbs_topology, dist.tbs_last_n)
-        tbs_lib.attach_tbs(student, topology, dist.tbs_init, config.diffusion.num_timesteps)
-        shapes = tbs_lib.feature_shapes(student, topology, shape)
+    topology, shapes = attach_student_tbs(student, config)
     names = objective.spd_feature_names(student)
     student_fm = Functional(student)
     loss_fn = objective.make_loss_fn(config, student_fm, teacher_fm, teacher_params,
@@ -97,6 +93,18 @@ def build_distill(config, teacher_fm: Functional, teacher_params: dict) -> Disti
     model_fn, carry_init = objective.make_sample_fns(student_fm, topology, shapes)
     return DistillSetup(config, teacher_fm, teacher_params, student_fm, topology, names, shapes,
                         loss_fn, model_fn, carry_init)
+
+
+def attach_student_tbs(student: nnx.Module, config) -> tuple[tbs_lib.Topology | None, dict]:
+    """With ``distill.tbs`` (resolved config): attaches the TBS table to ``student`` in place
+    and returns (topology, per-sample carry shapes); else (None, {})."""
+    dist, mcfg = config.distill, config.model
+    if not dist.tbs:
+        return None, {}
+    topology = tbs_lib.make_topology(student, dist.tbs_topology, dist.tbs_last_n)
+    tbs_lib.attach_tbs(student, topology, dist.tbs_init, config.diffusion.num_timesteps)
+    shape = (mcfg.resolution, mcfg.resolution, mcfg.in_channels)
+    return topology, tbs_lib.feature_shapes(student, topology, shape)
 
 
 def describe(setup: DistillSetup) -> dict:

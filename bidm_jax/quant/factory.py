@@ -18,6 +18,7 @@ from flax import nnx
 
 from bidm_jax.quant.config import get_quant_config, validate_quant_config
 from bidm_jax.quant.layers import QConv, QDense
+from bidm_jax.quant.packed import PackedOptions
 from bidm_jax.quant.policy import LayerSpec, resolve_layer
 
 __all__ = ["QuantFactory", "fp_factory"]
@@ -31,14 +32,17 @@ class QuantFactory:
     has per-row/column factors); get it from an FP model with
     ``trace.output_sizes(trace.trace_layers(fp_model, (1, H, W, C)))``.
     dtype: compute dtype (e.g. jnp.bfloat16); inputs are cast to it, params stay float32.
+    packed: build the binary layers in packed form (1-bit ``kernel_bits`` + ``kernel_scale``
+    instead of the FP ``kernel``, executed as the options say; :mod:`bidm_jax.quant.packed`).
     ``specs`` records the resolved :class:`LayerSpec` of every layer built, by path.
     """
 
     def __init__(self, config=None, *, layer_sizes: Mapping[str, tuple[int, int]] | None = None,
-                 dtype=None):
+                 dtype=None, packed: PackedOptions | None = None):
         self.config = get_quant_config() if config is None else config
         validate_quant_config(self.config)
         self.dtype = dtype
+        self.packed = packed
         self.layer_sizes = dict(layer_sizes or {})
         self.specs: dict[str, LayerSpec] = {}
 
@@ -65,11 +69,13 @@ class QuantFactory:
                     "trace.trace_layers(fp_model, input_shape)))")
             out_hw = tuple(self.layer_sizes[path])
         return QConv(spec, in_features, out_features, kernel_size, stride=stride,
-                     padding=padding, out_hw=out_hw, dtype=self.dtype, rngs=rngs)
+                     padding=padding, out_hw=out_hw, dtype=self.dtype, packed=self.packed,
+                     rngs=rngs)
 
     def dense(self, path: str, in_features: int, out_features: int, *, rngs: nnx.Rngs) -> QDense:
         """Dense layer for ``path``: kernel (I,O), bias (O,) plus the method's extras."""
-        return QDense(self._spec(path), in_features, out_features, dtype=self.dtype, rngs=rngs)
+        return QDense(self._spec(path), in_features, out_features, dtype=self.dtype,
+                      packed=self.packed, rngs=rngs)
 
     @property
     def binary_paths(self) -> list[str]:

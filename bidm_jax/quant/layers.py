@@ -12,6 +12,12 @@ teacher's parameters load into them unchanged; binary layers add their method's 
 * ``rprelu``: RPReLU shifts and slopes (O,);
 * ``reste_o``: ReSTE's schedule value o, a :class:`ReSTEPower` (not a Param).
 
+Packed form (``packed=PackedOptions(...)``, built by ``QuantFactory(..., packed=...)`` for
+``--mode export`` checkpoints): a binary layer holds ``kernel_bits`` (sign bits of the kernel,
+int32 words) and ``kernel_scale`` (O,) instead of ``kernel`` (and ``weight_scale``), and no
+``bias`` unless ``quant.binary_bias='keep'``; its core product runs from the bits
+(:mod:`bidm_jax.quant.packed`) and the epilogue is the same code as the fake-quant layer's.
+
 Inputs are NHWC (conv) or (..., I) (dense). Binary forwards follow methods.md §2.2-2.4
 (bidm, xnor) and §5 (baselines); the bias is dropped unless ``quant.binary_bias='keep'``.
 """
@@ -26,6 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bidm_jax.quant import binarizers as B
+from bidm_jax.quant import packed as P
 from bidm_jax.quant import registry, trace
 from bidm_jax.quant.policy import LayerSpec
 
@@ -133,11 +140,33 @@ class _Binary:
     """Weight/activation quantization shared by QConv and QDense."""
 
     spec: LayerSpec
+    packed: P.PackedOptions | None
+
+    def _build_kernel(self, spec: LayerSpec, shape: tuple, fan_in: int,
+                      packed: P.PackedOptions | None, rngs: nnx.Rngs):
+        """FP ``kernel`` (kh,kw,I,O)/(I,O) and ``bias`` (O,), or, for a packed binary layer,
+        ``kernel_bits`` (num_words(K, g), O) int32 and ``kernel_scale`` (O,); K = prod of all
+        kernel axes but the last. Packed values are placeholders until a checkpoint loads."""
+        self.packed = packed if spec.binary else None
+        self.kernel_shape = tuple(shape)
+        out = shape[-1]
+        if self.packed is None:
+            self.kernel = nnx.Param(_torch_uniform(rngs.params(), shape, fan_in))
+            self.bias = nnx.Param(_torch_uniform(rngs.params(), (out,), fan_in))
+            return
+        k = math.prod(shape[:-1])
+        self.group_words = packed.group_words(k)
+        self.kernel_bits = nnx.Param(jnp.zeros(P.words_shape(k, out, self.group_words),
+                                               jnp.int32))
+        self.kernel_scale = nnx.Param(jnp.ones((out,), jnp.float32))
+        # A dropped bias (binary_bias='drop') is dead weight: the packed layer has none.
+        self.bias = nnx.Param(jnp.zeros((out,), jnp.float32)) if spec.keep_bias else None
 
     def _build_common(self, spec: LayerSpec, in_features: int):
         if spec.channel_shift:
             self.tau = nnx.Param(jnp.zeros((in_features,), jnp.float32))
-        if spec.weight == "learnable_scale":
+        if spec.weight == "learnable_scale" and self.packed is None:
+            # Packed layers hold sigma as their kernel_scale.
             self.weight_scale = nnx.Param(B.per_channel_abs_mean(self.kernel[...]))
         if "reste" in (spec.weight, spec.act):
             self.reste_o = ReSTEPower(jnp.asarray(1.0, jnp.float32))
@@ -166,7 +195,10 @@ class _Binary:
 
     def init_from_kernel(self) -> None:
         """Re-derive kernel-based inits (learnable sigma, XNOR-Net++ alpha) from the current
-        kernel; call after loading a teacher's weights (build_student does)."""
+        kernel; call after loading a teacher's weights (build_student does). No-op when
+        packed (no FP kernel)."""
+        if self.packed is not None:
+            return
         alpha = B.per_channel_abs_mean(self.kernel[...])
         if getattr(self, "weight_scale", None) is not None:
             self.weight_scale[...] = alpha
@@ -179,7 +211,7 @@ class QConv(_Binary, nnx.Module):
 
     def __init__(self, spec: LayerSpec, in_features: int, out_features: int, kernel_size: int,
                  *, stride: int = 1, padding: int = 0, out_hw: tuple[int, int] | None = None,
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, packed: P.PackedOptions | None = None, rngs: nnx.Rngs):
         for name, v, lo in (("in_features", in_features, 1), ("out_features", out_features, 1),
                             ("kernel_size", kernel_size, 1), ("stride", stride, 1),
                             ("padding", padding, 0)):
@@ -189,9 +221,7 @@ class QConv(_Binary, nnx.Module):
         self.in_features, self.out_features = in_features, out_features
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         k, fan_in = kernel_size, in_features * kernel_size ** 2
-        self.kernel = nnx.Param(_torch_uniform(rngs.params(), (k, k, in_features, out_features),
-                                               fan_in))
-        self.bias = nnx.Param(_torch_uniform(rngs.params(), (out_features,), fan_in))
+        self._build_kernel(spec, (k, k, in_features, out_features), fan_in, packed, rngs)
         if not spec.binary:
             return
         self._build_common(spec, in_features)
@@ -200,7 +230,9 @@ class QConv(_Binary, nnx.Module):
         if spec.input_scale == "xnorpp":
             if out_hw is None:
                 raise ValueError(f"{spec.path}: xnor++ needs the conv's output size (H_out, W_out)")
-            self.xnorpp = XnorppScale(B.per_channel_abs_mean(self.kernel[...]), tuple(out_hw))
+            alpha = (jnp.ones((out_features,), jnp.float32) if self.packed is not None
+                     else B.per_channel_abs_mean(self.kernel[...]))
+            self.xnorpp = XnorppScale(alpha, tuple(out_hw))
         if spec.shortcut == "scaled":
             self.shortcut_scale = nnx.Param(jnp.full((1,), spec.shortcut_scale_init, jnp.float32))
         if spec.shortcut != "none" and in_features != out_features:
@@ -239,28 +271,41 @@ class QConv(_Binary, nnx.Module):
             y = y + self.bias[...].astype(x.dtype)
         else:
             xb = self._quant_act(x, dense=False)
-            wb = self._quant_weight().astype(x.dtype)
-            y = B.conv2d_nhwc(xb, wb, self.stride, self.padding)
-            if spec.input_scale == "box":  # XNOR-Net K = box * mean_c|x| (fixed)
-                y = y * B.box_filter_scale(x, self.kernel_size, self.stride, self.padding)
-            elif spec.input_scale == "kconv":  # BiDM: K = k * mean_c|x| + b_k (unshifted x)
-                y = y * self.kconv(B.input_abs_mean(x))
-            elif spec.input_scale == "xnorpp":
-                gamma = self.xnorpp()
-                if gamma.shape != y.shape[1:]:
-                    raise ValueError(f"{spec.path}: XNOR-Net++ Gamma was built for output "
-                                     f"{gamma.shape[:2]} but the conv produced {y.shape[1:3]}")
-                y = y * gamma.astype(x.dtype)
-            if spec.keep_bias:
-                y = y + self.bias[...].astype(x.dtype)
-            if spec.rprelu == "pre_residual":
-                y = self.rprelu(y)
-            if spec.shortcut != "none":
-                y = y + self._shortcut(x, y)
-            if spec.rprelu == "post_residual":
-                y = self.rprelu(y)
+            if self.packed is not None:
+                y = P.conv_core(xb, self.kernel_bits[...], self.kernel_scale[...],
+                                kernel_size=self.kernel_size, in_features=self.in_features,
+                                stride=self.stride, padding=self.padding,
+                                group_words=self.group_words, opts=self.packed).astype(x.dtype)
+            else:
+                wb = self._quant_weight().astype(x.dtype)
+                y = B.conv2d_nhwc(xb, wb, self.stride, self.padding)
+            y = self._epilogue(x, y)
         if trace.recording():
             self._record(x, y)
+        return y
+
+    def _epilogue(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        """The method's pieces after the binary core y = conv(x_q, W_q) (fake-quant and packed
+        layers share this): K map or Γ, optional bias, RPReLU, per-conv shortcut of ``x``."""
+        spec = self.spec
+        if spec.input_scale == "box":  # XNOR-Net K = box * mean_c|x| (fixed)
+            y = y * B.box_filter_scale(x, self.kernel_size, self.stride, self.padding)
+        elif spec.input_scale == "kconv":  # BiDM: K = k * mean_c|x| + b_k (unshifted x)
+            y = y * self.kconv(B.input_abs_mean(x))
+        elif spec.input_scale == "xnorpp":
+            gamma = self.xnorpp()
+            if gamma.shape != y.shape[1:]:
+                raise ValueError(f"{spec.path}: XNOR-Net++ Gamma was built for output "
+                                 f"{gamma.shape[:2]} but the conv produced {y.shape[1:3]}")
+            y = y * gamma.astype(x.dtype)
+        if spec.keep_bias:
+            y = y + self.bias[...].astype(x.dtype)
+        if spec.rprelu == "pre_residual":
+            y = self.rprelu(y)
+        if spec.shortcut != "none":
+            y = y + self._shortcut(x, y)
+        if spec.rprelu == "post_residual":
+            y = self.rprelu(y)
         return y
 
     def _record(self, x, y):
@@ -271,8 +316,8 @@ class QConv(_Binary, nnx.Module):
             path=spec.path, kind="conv", binary=spec.binary,
             bits_w=spec.bits_w if spec.binary else 32, bits_a=spec.bits_a if spec.binary else 32,
             in_shape=tuple(x.shape), out_shape=tuple(y.shape),
-            kernel_shape=tuple(self.kernel[...].shape),
-            macs=trace.conv_macs(y.shape, self.kernel[...].shape),
+            kernel_shape=self.kernel_shape,
+            macs=trace.conv_macs(y.shape, self.kernel_shape),
             shortcut_macs=hw * self.in_features * self.out_features if sc is not None else 0,
             kconv_macs=hw * self.kernel_size ** 2 if spec.input_scale in ("box", "kconv") else 0))
 
@@ -282,20 +327,20 @@ class QDense(_Binary, nnx.Module):
     ``quant.linear_tau``, per-row weight scale, no K map, no shortcut, bias dropped."""
 
     def __init__(self, spec: LayerSpec, in_features: int, out_features: int, *, dtype=None,
-                 rngs: nnx.Rngs):
+                 packed: P.PackedOptions | None = None, rngs: nnx.Rngs):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{spec.path}: {name} must be an int >= 1, got {v!r}")
         self.spec, self.dtype = spec, dtype
         self.in_features, self.out_features = in_features, out_features
-        self.kernel = nnx.Param(_torch_uniform(rngs.params(), (in_features, out_features),
-                                               in_features))
-        self.bias = nnx.Param(_torch_uniform(rngs.params(), (out_features,), in_features))
+        self._build_kernel(spec, (in_features, out_features), in_features, packed, rngs)
         if not spec.binary:
             return
         self._build_common(spec, in_features)
         if spec.input_scale == "xnorpp":
-            self.xnorpp = XnorppScale(B.per_channel_abs_mean(self.kernel[...]), None)
+            alpha = (jnp.ones((out_features,), jnp.float32) if self.packed is not None
+                     else B.per_channel_abs_mean(self.kernel[...]))
+            self.xnorpp = XnorppScale(alpha, None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (..., I) -> (..., O), computed in ``dtype`` when given."""
@@ -308,7 +353,14 @@ class QDense(_Binary, nnx.Module):
         if not spec.binary:
             y = x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
         else:
-            y = self._quant_act(x, dense=True) @ self._quant_weight().astype(x.dtype)
+            xb = self._quant_act(x, dense=True)
+            if self.packed is not None:
+                y = P.dense_core(xb, self.kernel_bits[...], self.kernel_scale[...],
+                                 in_features=self.in_features, group_words=self.group_words,
+                                 opts=self.packed).astype(x.dtype)
+            else:
+                y = xb @ self._quant_weight().astype(x.dtype)
+            # Dense epilogue (BiDM BNNLinear has no K map, shortcut or RPReLU).
             if spec.input_scale == "xnorpp":
                 y = y * self.xnorpp().astype(x.dtype)
             if spec.keep_bias:
@@ -319,6 +371,6 @@ class QDense(_Binary, nnx.Module):
                 bits_w=spec.bits_w if spec.binary else 32,
                 bits_a=spec.bits_a if spec.binary else 32,
                 in_shape=tuple(x.shape), out_shape=tuple(y.shape),
-                kernel_shape=tuple(self.kernel[...].shape),
+                kernel_shape=self.kernel_shape,
                 macs=math.prod(x.shape[1:-1]) * self.in_features * self.out_features))
         return y

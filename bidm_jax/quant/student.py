@@ -18,9 +18,10 @@ from bidm_jax.quant import trace
 from bidm_jax.quant.config import validate_quant_config
 from bidm_jax.quant.factory import QuantFactory, fp_factory
 from bidm_jax.quant.layers import QConv, QDense, ReSTEPower
+from bidm_jax.quant.packed import PackedOptions
 
-__all__ = ["build_student", "load_teacher_params", "refresh_kernel_inits", "set_reste_o",
-           "with_reste_o"]
+__all__ = ["build_student", "build_packed_student", "student_factory", "load_teacher_params",
+           "refresh_kernel_inits", "set_reste_o", "with_reste_o"]
 
 
 def _flat(tree) -> dict[tuple, Any]:
@@ -96,8 +97,22 @@ def build_student(teacher_params, model_config, quant_config=None, *,
         if input_shape is None:
             r = config.model.resolution
             input_shape = (1, r, r, config.model.in_channels)
-    validate_quant_config(quant_config)
     rngs = nnx.Rngs(0) if rngs is None else rngs
+    factory = student_factory(model_config, quant_config, input_shape, apply_fn)
+    student = build_unet(model_config, rngs=rngs, factory=factory)
+    load_teacher_params(student, teacher_params)
+    return student
+
+
+def student_factory(model_config, quant_config, input_shape: tuple | None = None,
+                    apply_fn: Callable | None = None,
+                    packed: PackedOptions | None = None) -> QuantFactory:
+    """The :class:`QuantFactory` a student UNet is built through: compute dtype from
+    ``model_config.dtype`` and, for 'xnor++', every conv's output size from an abstract
+    trace of the FP model at ``input_shape`` (1, H, W, C)."""
+    from bidm_jax.models import build_unet
+
+    validate_quant_config(quant_config)
     sizes = None
     if quant_config.method == "xnor++":
         if input_shape is None:
@@ -108,10 +123,21 @@ def build_student(teacher_params, model_config, quant_config=None, *,
     # model.dtype is the compute dtype (params stay float32), as for the FP factory.
     dtype_name = model_config.get("dtype", "float32") if hasattr(model_config, "get") else "float32"
     dtype = None if dtype_name == "float32" else jnp.dtype(dtype_name)
-    student = build_unet(model_config, rngs=rngs,
-                         factory=QuantFactory(quant_config, layer_sizes=sizes, dtype=dtype))
-    load_teacher_params(student, teacher_params)
-    return student
+    return QuantFactory(quant_config, layer_sizes=sizes, dtype=dtype, packed=packed)
+
+
+def build_packed_student(model_config, quant_config, packed: PackedOptions, *,
+                         rngs: nnx.Rngs | None = None,
+                         input_shape: tuple | None = None) -> nnx.Module:
+    """The student UNet with packed binary layers (``kernel_bits`` / ``kernel_scale``),
+    values to be loaded from an export (:mod:`bidm_jax.export`); no teacher needed."""
+    from bidm_jax.models import build_unet
+
+    if quant_config.method == "fp":
+        raise ValueError("quant.method='fp' has no binary layers to pack")
+    factory = student_factory(model_config, quant_config, input_shape, packed=packed)
+    return build_unet(model_config, rngs=nnx.Rngs(0) if rngs is None else rngs,
+                      factory=factory)
 
 
 def set_reste_o(model: nnx.Module, o) -> None:

@@ -1,0 +1,210 @@
+"""The binary layers' core product executed from 1-bit packed weights (``--mode export``).
+
+Every W1A1 weight quantizer of the registry computes ``W_q = scale · sign(W)`` in its
+forward pass, with ``scale`` per output channel (mean|W| detached / exact-grad, learnable σ),
+per layer (DoReFa, ReSTE) or 1 (XNOR-Net++ 'sign'). Every activation quantizer's forward
+values lie in {-1, 0, +1} or {0, 1}. So the fake-quantized core
+
+    y = conv(x_q, scale · sign(W))                      (float, :class:`~.layers.QConv`)
+
+equals, up to float summation order,
+
+    y = scale · conv_int(int8(x_q), sign bits of W)     (integer accumulation, this module)
+
+A packed layer holds ``kernel_bits``: the sign bits of the (kh·kw·I, O) / (I, O) kernel as
+int32 words along the contraction axis (:func:`bidm_jax.kernels.pack_signs`, bit 1 = −1)
+and ``kernel_scale`` (O,): the scale above. The method's epilogue (K map, Γ, bias, RPReLU,
+shortcut) is the fake-quant layer's own code (``QConv._epilogue``).
+
+Two executions (``export.kernel``):
+
+* ``xla``: the words are unpacked to ±1 in the program. Convs: int8 activations x int8
+  weights through ``lax.conv_general_dilated`` (cuDNN's integer conv on GPUs, f32 output
+  holding the exact integer sum). Dense layers: a bf16 x bf16 -> f32 dot of the same ±1/0
+  values, also exact. Words are in the plain layout (``group_words=1``).
+* ``pallas``: im2col of the int8 activations, then the :func:`bidm_jax.kernels.packed_matmul`
+  Pallas kernel, which reads the 1-bit words from HBM and unpacks them on chip. The words are
+  in the grouped layout that kernel variant wants (GPU Triton: ``g = 32``; TPU Mosaic:
+  :func:`bidm_jax.kernels.default_group_words`). On a CPU the kernels run in Pallas
+  interpret mode (tests).
+
+Exact zeros: ``sign(0) = 0`` in the fake-quant forward but packs as +1 (one bit has no 0).
+Activations keep their 0 (int8); an exact-zero *weight* is the one case the packed layer
+can differ, which :mod:`bidm_jax.export` counts and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from bidm_jax.kernels.conv import _patches, default_group_words
+from bidm_jax.kernels.packed_matmul import packed_matmul
+from bidm_jax.kernels.packing import BITS, num_words, padded_length, unpack_signs
+
+__all__ = ["KERNELS", "PALLAS_BACKENDS", "PackedOptions", "conv_core", "dense_core",
+           "scale_of", "pack_host", "unpack_host", "relayout"]
+
+KERNELS = ("pallas", "xla")
+PALLAS_BACKENDS = ("auto", "gpu", "tpu")
+
+
+def _platform() -> str:
+    p = jax.default_backend()
+    return {"cuda": "gpu", "rocm": "gpu"}.get(p, p)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedOptions:
+    """How packed binary layers execute (hashable: it is static graph data of the layers).
+
+    kernel: 'xla' or 'pallas'. backend: the Pallas variant, 'gpu' (Triton) or 'tpu'
+    (Mosaic); 'auto' = the default device's, and the Triton variant on a CPU.
+    interpret: run the Pallas kernel in interpret mode; None = on a CPU only.
+    """
+
+    kernel: str = "xla"
+    backend: str = "auto"
+    interpret: bool | None = None
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"export.kernel={self.kernel!r} is invalid; valid choices: "
+                             f"{', '.join(KERNELS)}")
+        if self.backend not in PALLAS_BACKENDS:
+            raise ValueError(f"export.pallas_backend={self.backend!r} is invalid; valid "
+                             f"choices: {', '.join(PALLAS_BACKENDS)}")
+
+    @property
+    def pallas_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "tpu" if _platform() == "tpu" else "gpu"
+
+    @property
+    def pallas_interpret(self) -> bool:
+        return _platform() not in ("gpu", "tpu") if self.interpret is None else self.interpret
+
+    def group_words(self, k: int) -> int:
+        """Word layout of a kernel with contraction length ``k`` for this execution."""
+        if self.kernel == "xla":
+            return 1
+        return default_group_words(k, self.pallas_backend)
+
+
+def scale_of(w: jax.Array, w_q: jax.Array) -> tuple[np.ndarray, int]:
+    """The ``scale`` (O,) with ``w_q = scale · sign(w)``, checked, and the count of exact
+    zeros of ``w`` (they pack as +1).
+
+    w: FP kernel (..., O); w_q: the weight quantizer's forward value of ``w``. Raises a
+    ValueError when w_q is not of that form (a quantizer the packed layers cannot run).
+    """
+    w, w_q = np.asarray(w, np.float32), np.asarray(w_q, np.float32)
+    o = w.shape[-1]
+    flat, flat_q = w.reshape(-1, o), w_q.reshape(-1, o)
+    # The value at each channel's first non-zero weight, exactly (a learnable sigma may be
+    # negative); 0 for an all-zero channel.
+    first = np.argmax(flat != 0, axis=0)
+    cols = np.arange(o)
+    scale = flat_q[first, cols] * np.sign(flat[first, cols])
+    expect = scale * np.sign(flat)
+    if not np.allclose(flat_q, expect, rtol=1e-6, atol=1e-30):
+        bad = float(np.max(np.abs(flat_q - expect)))
+        raise ValueError(f"the weight quantizer's output is not scale·sign(W) (max deviation "
+                         f"{bad:.3g}); it cannot be packed to 1 bit")
+    return scale.astype(np.float32), int(np.sum(flat == 0))
+
+
+def pack_host(w: np.ndarray, group_words: int = 1) -> np.ndarray:
+    """numpy twin of ``pack_signs(w, 0, group_words=g)`` for (K, O) arrays (whole models are
+    packed on the host without compiling a program per kernel shape): element
+    k = q·32g + j·g + i goes to bit j of word q·g + i; bit 1 iff w < 0."""
+    k, o = w.shape
+    g = group_words
+    kp = padded_length(k, g)
+    bits = np.zeros((kp, o), np.uint64)
+    bits[:k] = np.asarray(w) < 0
+    shifts = np.arange(BITS, dtype=np.uint64)[:, None, None]
+    bits = bits.reshape(kp // (BITS * g), BITS, g, o) << shifts          # (q, j, i, O)
+    return bits.sum(axis=1).astype(np.uint32).reshape(kp // BITS, o).view(np.int32)
+
+
+def unpack_host(words: np.ndarray, k: int, group_words: int = 1) -> np.ndarray:
+    """numpy twin of ``unpack_signs(words, k, 0, group_words=g)``: (K, O) int8 ±1."""
+    kw, o = words.shape
+    g = group_words
+    if kw != num_words(k, g):
+        raise ValueError(f"{kw} words do not hold K={k} with group_words={g}")
+    u = np.asarray(words).view(np.uint32).reshape(kw // g, 1, g, o)
+    bits = (u >> np.arange(BITS, dtype=np.uint32)[:, None, None]) & 1   # (q, j, i, O)
+    return (1 - 2 * bits.astype(np.int8)).reshape(-1, o)[:k]
+
+
+def relayout(words: np.ndarray, k: int, g_from: int, g_to: int) -> np.ndarray:
+    """(num_words(k, g_from), O) words -> (num_words(k, g_to), O), same signs (host)."""
+    if g_from == g_to:
+        return np.asarray(words)
+    return pack_host(unpack_host(words, k, g_from), g_to)
+
+
+def words_shape(k: int, out_features: int, group_words: int) -> tuple[int, int]:
+    return num_words(k, group_words), out_features
+
+
+def _pallas(x2d: jax.Array, words, scale, k: int, g: int, opts: PackedOptions) -> jax.Array:
+    return packed_matmul(x2d, words, k, g, None, scale, backend=opts.pallas_backend,
+                         interpret=opts.pallas_interpret)
+
+
+def conv_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, kernel_size: int,
+              in_features: int, stride: int, padding: int, group_words: int,
+              opts: PackedOptions) -> jax.Array:
+    """scale · conv(x_q, sign(W)) from packed W: (B, H, W, I) -> (B, Ho, Wo, O) float32.
+
+    x_q: quantized activations (values in {-1, 0, 1}, any dtype); words: (num_words(K, g),
+    O) int32 with K = kernel_size²·I in (dy, dx, c) order; scale: (O,); symmetric integer
+    ``padding`` (zeros, which contribute 0 as in the fake-quant conv of x_q).
+    """
+    k = kernel_size * kernel_size * in_features
+    o = words.shape[-1]
+    xi = x_q.astype(jnp.int8)
+    pads = ((padding, padding), (padding, padding))
+    if opts.kernel == "xla":
+        w = unpack_signs(words, k, 0, group_words=group_words)          # (K, O) int8 ±1
+        w = w.reshape(kernel_size, kernel_size, in_features, o)
+        # cuDNN runs s8 x s8 convolutions with an f32 (not s32) output; |sums| <= K < 2^24,
+        # so the f32 result is the exact integer.
+        acc = lax.conv_general_dilated(xi, w, (stride, stride), pads,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       preferred_element_type=jnp.float32)
+        return acc * scale.astype(jnp.float32)
+    b, h, w_, _ = xi.shape
+    ho = (h + 2 * padding - kernel_size) // stride + 1
+    wo = (w_ + 2 * padding - kernel_size) // stride + 1
+    xp = jnp.pad(xi, ((0, 0), *pads, (0, 0)))
+    cols = _patches(xp, (kernel_size, kernel_size), stride, (ho, wo))   # (B·Ho·Wo, K) int8
+    return _pallas(cols, words, scale, k, group_words, opts).reshape(b, ho, wo, o)
+
+
+def dense_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, in_features: int,
+               group_words: int, opts: PackedOptions) -> jax.Array:
+    """scale · (x_q @ sign(W)) from packed W: (..., I) -> (..., O) float32."""
+    o = words.shape[-1]
+    xi = x_q.astype(jnp.int8)
+    if opts.kernel == "xla":
+        # ±1/0 are exact in bf16 and f32 accumulation of integers is exact below 2^24. Not an
+        # s8 x s8 -> s32 dot: with both operands made in the program (sign -> s8, unpacked
+        # words), XLA's GPU gemm returned doubled sums at K = 12 (K >= 32 were right; jax
+        # 0.11.2, H200), like Triton below one MMA's K (docs/kernels.md).
+        w = unpack_signs(words, in_features, 0, group_words=group_words,
+                         dtype=jnp.bfloat16)                               # (I, O) ±1
+        acc = lax.dot_general(x_q.astype(jnp.bfloat16), w, (((xi.ndim - 1,), (0,)), ((), ())),
+                              preferred_element_type=jnp.float32)
+        return acc * scale.astype(jnp.float32)
+    lead = xi.shape[:-1]
+    out = _pallas(xi.reshape(-1, in_features), words, scale, in_features, group_words, opts)
+    return out.reshape(*lead, o)

@@ -1,0 +1,1 @@
+"""Repeatable experiments built from the CLI's modes (``launch/repro_*.sh`` drive them)."""

@@ -1,0 +1,114 @@
+"""Reduced-scale reproduction of BiDM's CIFAR-10 comparison (BiDM Tables 1 and 3): one FP
+teacher trained here, nine W1A1 students distilled from it under one identical budget.
+
+The whole experiment is driven by ``launch/repro_cifar10_small.sh``; each of its stages is a
+plain CLI call with this file, e.g.
+
+    python -m bidm_jax.main --config configs/repro_cifar10_small.py:teacher --workdir W/teacher
+    python -m bidm_jax.main --config configs/repro_cifar10_small.py:bidm --workdir W/bidm \
+        --config.distill.teacher=W/teacher/checkpoints
+
+The argument after ':' names the model (``teacher`` or a key of ``STUDENTS``); appending
+``,tiny`` gives the CI-sized variant (tiny UNet, a few steps of everything), and
+``,key=value`` overrides one entry of the budget (e.g. ``,student_steps=200`` for a smoke run).
+
+The budget below was fixed before any result was seen and is the same for every student
+(iterations, batch, learning rate and its schedule, EMA, teacher, sampler, sample count).
+"""
+from bidm_jax.configlib import sibling
+
+base = sibling(__file__, "cifar10_ddim").get_config
+
+# name -> (quant.method, distill.tbs, distill.loss); None / "auto" = the method's default
+# (TBS and SPD on for BiDM only).
+STUDENTS = {
+    "bidm": ("bidm", None, "auto"),
+    "xnor": ("xnor", None, "auto"),
+    "reactnet": ("reactnet", None, "auto"),
+    "xnor++": ("xnor++", None, "auto"),
+    "reste": ("reste", None, "auto"),
+    "dorefa": ("dorefa", None, "auto"),
+    "bbcu": ("bbcu", None, "auto"),
+    "xnor_tbs": ("xnor", True, "none"),    # BiDM Table 3: XNOR + TBS
+    "xnor_spd": ("xnor", False, "spd"),    # BiDM Table 3: XNOR + SPD
+}
+
+# The fixed budget. "full": one ~25-minute run on 4 GPUs; "tiny": CI on CPU.
+BUDGET = {
+    "full": dict(teacher_steps=9000, teacher_batch=512, teacher_lr=4e-4, teacher_warmup=500,
+                 teacher_ema=0.9995, student_steps=3000, student_batch=64, student_ema=0.999,
+                 num_samples=2000, sample_steps=100, sample_batch=500, log_every=100,
+                 proxy_steps=3000, proxy_batch=512),
+    "tiny": dict(teacher_steps=4, teacher_batch=16, teacher_lr=2e-3, teacher_warmup=2,
+                 teacher_ema=0.9, student_steps=2, student_batch=8, student_ema=0.9,
+                 num_samples=16, sample_steps=2, sample_batch=16, log_every=1,
+                 proxy_steps=4, proxy_batch=32),
+}
+
+
+def _tiny_model(c):
+    c.model.ch = 32
+    c.model.ch_mult = (1, 2)
+    c.model.num_res_blocks = 1
+    c.model.attn_resolutions = ()   # compile time, not the method, limits the CI run
+
+
+def budget(arg: str = "teacher") -> dict:
+    """The budget named by ``arg``'s options: ``tiny`` and ``key=value`` overrides (smoke
+    runs on smaller machines; the driver records them in its results)."""
+    parts = [p for p in arg.split(",") if p][1:]
+    b = dict(BUDGET["tiny" if "tiny" in parts else "full"])
+    for p in parts:
+        if "=" in p:
+            key, value = p.split("=", 1)
+            if key not in b:
+                raise ValueError(f"unknown budget key {key!r}; valid: {', '.join(b)}")
+            b[key] = type(b[key])(float(value) if isinstance(b[key], int) else value)
+        elif p != "tiny":
+            raise ValueError(f"unknown config option {p!r}: use 'tiny' or key=value")
+    return b
+
+
+def get_config(arg: str = "teacher"):
+    name = arg.split(",")[0]
+    if name != "teacher" and name not in STUDENTS:
+        raise ValueError(f"unknown model {name!r}; valid: teacher, {', '.join(STUDENTS)}")
+    b = budget(arg)
+    size = "tiny" if "tiny" in arg.split(",")[1:] else "full"
+    c = base()
+    if size == "tiny":
+        _tiny_model(c)
+    c.train.matmul_precision = "tensorfloat32"  # TF32 on GPUs; no effect on CPU
+    c.train.log_every = b["log_every"]
+    c.train.warmup_steps = 0
+    c.diffusion.sampler, c.diffusion.sample_steps, c.diffusion.eta = "ddim", b["sample_steps"], 0.0
+    c.sample.num_samples, c.sample.batch_size = b["num_samples"], b["sample_batch"]
+    c.sample.grid_size = min(64, b["num_samples"])
+    c.sample.seed = 1234  # the same x_T for every model (sample.initial_noise)
+    c.ckpt.keep_period = 0
+    c.eval.features = "proxy"
+    c.eval.num_samples = b["num_samples"]
+    c.eval.is_split_size = b["num_samples"]
+    c.eval.kid_subset_size = min(1000, b["num_samples"])
+    c.eval.proxy_steps, c.eval.proxy_batch_size = b["proxy_steps"], b["proxy_batch"]
+    if size == "tiny":
+        c.eval.proxy_width, c.eval.proxy_embed_dim = 8, 16
+        c.eval.proxy_spatial_channels = 1   # sFID's covariance 256-d, not 2,048-d
+        c.eval.pr_num_images, c.eval.kid_subsets = 64, 2
+        c.eval.proxy_warmup_steps, c.eval.batch_size = 1, 64
+    if name == "teacher":
+        c.mode = "train"
+        c.quant.method = "fp"
+        c.train.batch_size, c.train.num_steps = b["teacher_batch"], b["teacher_steps"]
+        c.train.lr, c.train.warmup_steps = b["teacher_lr"], b["teacher_warmup"]
+        c.train.ema_decay = b["teacher_ema"]
+        c.ckpt.save_every = b["teacher_steps"]
+        return c
+    method, tbs, loss = STUDENTS[name]
+    c.quant.method = method
+    c.distill.tbs, c.distill.loss = tbs, loss
+    c.distill.faithful_to = "paper"      # lr 6e-5, λ_SPD 3e-2, α_init 0.3 for every student
+    c.train.batch_size, c.train.num_steps = b["student_batch"], b["student_steps"]
+    c.train.ema_decay = b["student_ema"]
+    c.ckpt.save_every = b["student_steps"]
+    return c
