@@ -36,10 +36,11 @@ from bidm_jax import checkpoint
 from bidm_jax.distill import objective
 from bidm_jax.distill.config import resolve_distill_config
 from bidm_jax.distill.run import attach_student_tbs, teacher_functional
+from bidm_jax.kernels.packing import pack_signs_host, regroup_words_host
 from bidm_jax.models.functional import Functional, check_shapes, path_name
 from bidm_jax.quant import build_student
 from bidm_jax.quant.layers import QConv, QDense
-from bidm_jax.quant.packed import PackedOptions, pack_host, relayout, scale_of
+from bidm_jax.quant.packed import PackedOptions, scale_of
 from bidm_jax.quant.student import build_packed_student
 
 FORMAT = "bidm_jax.packed/1"
@@ -111,7 +112,7 @@ def pack_params(fm: Functional, params: dict) -> tuple[dict, dict]:
         except ValueError as e:
             raise ValueError(f"{base} ({layer.spec.weight}): {e}") from None
         k = math.prod(w.shape[:-1])
-        out[f"{base}.kernel_bits"] = pack_host(w.reshape(k, w.shape[-1]))
+        out[f"{base}.kernel_bits"] = pack_signs_host(w.reshape(k, w.shape[-1]))
         out[f"{base}.kernel_scale"] = scale
         dropped |= {f"{base}.kernel", f"{base}.weight_scale"}
         if not layer.spec.keep_bias:
@@ -287,6 +288,6 @@ def packed_sampling_model(config, path: str):
     for base, info in meta["packed_layers"].items():
         name, k = f"{base}.kernel_bits", int(info["k"])
         if name in params:
-            params[name] = relayout(params[name], k, 1, opts.group_words(k))
+            params[name] = regroup_words_host(params[name], k, 1, opts.group_words(k))
     check_shapes(fm.shapes(), params, f"packed export {path}")
     return fm, model_fn, carry_init, params

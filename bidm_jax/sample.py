@@ -91,16 +91,14 @@ def fp_model_fn(fm: Functional):
 def sampling_model(config):
     """(Functional, model_fn, carry_init) of the model a workdir holds: the FP UNet, or, for a
     distillation config (``mode=distill`` or a binary ``quant.method``), the student with its
-    TBS carry. A student's graph is built from the teacher named by ``distill.teacher``."""
+    TBS carry. Only the graph is built (the values come from the checkpoint), so no teacher
+    checkpoint is needed."""
     if config.get("mode") != "distill" and config.quant.method == "fp":
         fm = Functional(nnx.eval_shape(lambda: build_unet(config.model, rngs=nnx.Rngs(0))))
         return fm, fp_model_fn(fm), None
-    from bidm_jax.distill.config import resolve_distill_config
-    from bidm_jax.distill.run import build_distill, load_teacher
+    from bidm_jax.export import student_model
 
-    config = resolve_distill_config(config)
-    setup = build_distill(config, *load_teacher(config))
-    return setup.student_fm, setup.sample_model_fn, setup.carry_init
+    return student_model(config)
 
 
 def run_sample(config, workdir: str) -> str:

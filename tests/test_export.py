@@ -16,11 +16,12 @@ from flax import nnx
 
 from bidm_jax import checkpoint, export, parallel
 from bidm_jax.distill.run import teacher_functional
-from bidm_jax.kernels.packing import pack_signs
+from bidm_jax.kernels.packing import (pack_signs, pack_signs_host, regroup_words_host,
+                                      unpack_signs_host)
 from bidm_jax.main import run
 from bidm_jax.models.functional import Functional, check_shapes
 from bidm_jax.quant import QuantFactory, get_quant_config
-from bidm_jax.quant.packed import PackedOptions, pack_host, relayout, scale_of, unpack_host
+from bidm_jax.quant.packed import PackedOptions, scale_of
 from bidm_jax.sample import generate, make_sampler
 from tests.conftest import ROOT, tiny_config
 
@@ -101,8 +102,8 @@ def layer_results():
                                     nnx.Rngs(0)))
             p = dict(disk)
             for base, info in layers.items():
-                p[f"{base}.kernel_bits"] = relayout(p[f"{base}.kernel_bits"], info["k"], 1,
-                                                    opts.group_words(info["k"]))
+                p[f"{base}.kernel_bits"] = regroup_words_host(
+                    p[f"{base}.kernel_bits"], info["k"], 1, opts.group_words(info["k"]))
             check_shapes(pfm.shapes(), p, case)
             packed[kernel][case] = (pfm, p)
     k = jax.random.split(jax.random.key(3), 3)
@@ -153,10 +154,10 @@ def test_scale_and_packing_facts():
         scale_of(w, np.round(w * 4) / 4)
     for k, g in ((1, 1), (33, 1), (288, 1), (100, 32), (1152, 32), (600, 8)):
         v = np.random.default_rng(k).standard_normal((k, 5)).astype(np.float32)
-        words = pack_host(v, g)
+        words = pack_signs_host(v, g)
         np.testing.assert_array_equal(words, np.asarray(pack_signs(v, 0, group_words=g)))
-        np.testing.assert_array_equal(unpack_host(words, k, g), np.sign(v))
-        np.testing.assert_array_equal(relayout(pack_host(v), k, 1, g), words)
+        np.testing.assert_array_equal(unpack_signs_host(words, k, g), np.sign(v))
+        np.testing.assert_array_equal(regroup_words_host(pack_signs_host(v), k, 1, g), words)
     with pytest.raises(ValueError, match="export.kernel"):
         PackedOptions(kernel="cuda")
 

@@ -117,6 +117,41 @@ def unpack_signs(
     return jnp.moveaxis(vals, -1, axis)
 
 
+# NumPy twins of the two functions above, for (K, O) kernels packed on the host: exporting a
+# whole model then compiles no program per kernel shape.
+
+
+def pack_signs_host(w: np.ndarray, group_words: int = 1) -> np.ndarray:
+    """NumPy twin of ``pack_signs(w, 0, group_words=g)`` for (K, O) arrays: element
+    k = q·32g + j·g + i goes to bit j of word q·g + i; bit 1 iff w < 0."""
+    k, o = w.shape
+    g = group_words
+    kp = padded_length(k, g)
+    bits = np.zeros((kp, o), np.uint64)
+    bits[:k] = np.asarray(w) < 0
+    shifts = np.arange(BITS, dtype=np.uint64)[:, None, None]
+    bits = bits.reshape(kp // (BITS * g), BITS, g, o) << shifts          # (q, j, i, O)
+    return bits.sum(axis=1).astype(np.uint32).reshape(kp // BITS, o).view(np.int32)
+
+
+def unpack_signs_host(words: np.ndarray, k: int, group_words: int = 1) -> np.ndarray:
+    """NumPy twin of ``unpack_signs(words, k, 0, group_words=g)``: (K, O) int8 ±1."""
+    kw, o = words.shape
+    g = group_words
+    if kw != num_words(k, g):
+        raise ValueError(f"{kw} words do not hold K={k} with group_words={g}")
+    u = np.asarray(words).view(np.uint32).reshape(kw // g, 1, g, o)
+    bits = (u >> np.arange(BITS, dtype=np.uint32)[:, None, None]) & 1   # (q, j, i, O)
+    return (1 - 2 * bits.astype(np.int8)).reshape(-1, o)[:k]
+
+
+def regroup_words_host(words: np.ndarray, k: int, g_from: int, g_to: int) -> np.ndarray:
+    """(num_words(k, g_from), O) words -> (num_words(k, g_to), O), same signs (host)."""
+    if g_from == g_to:
+        return np.asarray(words)
+    return pack_signs_host(unpack_signs_host(words, k, g_from), g_to)
+
+
 def popcount_rows(words: jax.Array) -> jax.Array:
     """Number of set bits per row of an (M, Kw) int32 array -> (M,) int32."""
     return jnp.sum(jax.lax.population_count(words), axis=-1, dtype=jnp.int32)

@@ -44,10 +44,10 @@ from jax import lax
 
 from bidm_jax.kernels.conv import _patches, default_group_words
 from bidm_jax.kernels.packed_matmul import packed_matmul
-from bidm_jax.kernels.packing import BITS, num_words, padded_length, unpack_signs
+from bidm_jax.kernels.packing import num_words, unpack_signs
 
 __all__ = ["KERNELS", "PALLAS_BACKENDS", "PackedOptions", "conv_core", "dense_core",
-           "scale_of", "pack_host", "unpack_host", "relayout"]
+           "scale_of"]
 
 KERNELS = ("pallas", "xla")
 PALLAS_BACKENDS = ("auto", "gpu", "tpu")
@@ -117,38 +117,6 @@ def scale_of(w: jax.Array, w_q: jax.Array) -> tuple[np.ndarray, int]:
         raise ValueError(f"the weight quantizer's output is not scale·sign(W) (max deviation "
                          f"{bad:.3g}); it cannot be packed to 1 bit")
     return scale.astype(np.float32), int(np.sum(flat == 0))
-
-
-def pack_host(w: np.ndarray, group_words: int = 1) -> np.ndarray:
-    """numpy twin of ``pack_signs(w, 0, group_words=g)`` for (K, O) arrays (whole models are
-    packed on the host without compiling a program per kernel shape): element
-    k = q·32g + j·g + i goes to bit j of word q·g + i; bit 1 iff w < 0."""
-    k, o = w.shape
-    g = group_words
-    kp = padded_length(k, g)
-    bits = np.zeros((kp, o), np.uint64)
-    bits[:k] = np.asarray(w) < 0
-    shifts = np.arange(BITS, dtype=np.uint64)[:, None, None]
-    bits = bits.reshape(kp // (BITS * g), BITS, g, o) << shifts          # (q, j, i, O)
-    return bits.sum(axis=1).astype(np.uint32).reshape(kp // BITS, o).view(np.int32)
-
-
-def unpack_host(words: np.ndarray, k: int, group_words: int = 1) -> np.ndarray:
-    """numpy twin of ``unpack_signs(words, k, 0, group_words=g)``: (K, O) int8 ±1."""
-    kw, o = words.shape
-    g = group_words
-    if kw != num_words(k, g):
-        raise ValueError(f"{kw} words do not hold K={k} with group_words={g}")
-    u = np.asarray(words).view(np.uint32).reshape(kw // g, 1, g, o)
-    bits = (u >> np.arange(BITS, dtype=np.uint32)[:, None, None]) & 1   # (q, j, i, O)
-    return (1 - 2 * bits.astype(np.int8)).reshape(-1, o)[:k]
-
-
-def relayout(words: np.ndarray, k: int, g_from: int, g_to: int) -> np.ndarray:
-    """(num_words(k, g_from), O) words -> (num_words(k, g_to), O), same signs (host)."""
-    if g_from == g_to:
-        return np.asarray(words)
-    return pack_host(unpack_host(words, k, g_from), g_to)
 
 
 def words_shape(k: int, out_features: int, group_words: int) -> tuple[int, int]:

@@ -246,9 +246,9 @@ def write_results(args, plan: Plan, budget: dict, per_model: dict, info: dict,
                              f"samples_{'train' if m == 'teacher' else 'distill'}.npz")
              for m in models}
     entries = report.collect(plan.w, models, files, per_model, job_seconds)
-    ev = report._load_json(os.path.join(plan.dir("teacher"), "eval", "metrics.json"))
-    proxy = report._load_json(os.path.join(plan.dir("proxy"), "proxy_train.json"))
-    tfinal = report._load_json(os.path.join(plan.dir("teacher"), "final.json"))
+    ev = report.load_json(os.path.join(plan.dir("teacher"), "eval", "metrics.json"))
+    proxy = report.load_json(os.path.join(plan.dir("proxy"), "proxy_train.json"))
+    tfinal = report.load_json(os.path.join(plan.dir("teacher"), "final.json"))
     info.update(feature_network=ev.get("feature_network", proxy.get("feature_network", "proxy")),
                 reference=f"{ev.get('reference', {}).get('num_images', '?')} images",
                 teacher_minutes=(tfinal.get("train_seconds") or 0) / 60.0)
@@ -258,7 +258,7 @@ def write_results(args, plan: Plan, budget: dict, per_model: dict, info: dict,
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
-    rows = [(m, report._samples(files[m])) for m in models]
+    rows = [(m, report.load_samples(files[m])) for m in models]
     rows = [(m, x) for m, x in rows if x is not None]
     if rows:
         size = report.sample_sheet(os.path.join(args.results, "samples.png"), rows)
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
     if "eval" in phases:
         results += J.run_phase("eval", [plan.eval_job()], devices, 1, bool(gpus))
     times_path = os.path.join(plan.w, "job_seconds.json")
-    times = report._load_json(times_path)
+    times = report.load_json(times_path)
     times.update({r.name: r.seconds for r in results if not r.skipped})
     with open(times_path, "w") as f:
         json.dump(times, f, indent=1)

@@ -33,14 +33,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return 10.0 * np.log10(255.0 ** 2 / err)
 
 
-def _load_json(path: str) -> dict:
+def load_json(path: str) -> dict:
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         return json.load(f)
 
 
-def _samples(path: str) -> np.ndarray | None:
+def load_samples(path: str) -> np.ndarray | None:
     if not os.path.exists(path):
         return None
     with np.load(path) as z:
@@ -50,14 +50,14 @@ def _samples(path: str) -> np.ndarray | None:
 def collect(workdir: str, models: list[str], sample_files: dict[str, str], budgets: dict,
             job_seconds: dict[str, float]) -> list[dict]:
     """One entry per model: method, bits, budget, metrics, PSNR vs the teacher, timings."""
-    teacher = _samples(sample_files["teacher"])
+    teacher = load_samples(sample_files["teacher"])
     entries = []
     for name in models:
         d = os.path.join(workdir, name)
-        ev = _load_json(os.path.join(d, "eval", "metrics.json"))
-        final = _load_json(os.path.join(d, "final.json"))
-        dist = _load_json(os.path.join(d, "distill.json"))
-        imgs = _samples(sample_files[name])
+        ev = load_json(os.path.join(d, "eval", "metrics.json"))
+        final = load_json(os.path.join(d, "final.json"))
+        dist = load_json(os.path.join(d, "distill.json"))
+        imgs = load_samples(sample_files[name])
         entry = {"model": name, "label": LABELS.get(name, name),
                  "method": "fp" if name == "teacher" else dist.get("method", ""),
                  "bits": "W32A32" if name == "teacher" else "W1A1",
