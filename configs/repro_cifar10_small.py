@@ -8,7 +8,8 @@ plain CLI call with this file, e.g.
     python -m bidm_jax.main --config configs/repro_cifar10_small.py:bidm --workdir W/bidm \
         --config.distill.teacher=W/teacher/checkpoints
 
-The argument after ':' names the model (``teacher`` or a key of ``STUDENTS``); appending
+The argument after ':' names the model (``teacher``, a key of ``STUDENTS`` or of
+``DIAGNOSTICS``); appending
 ``,tiny`` gives the CI-sized variant (tiny UNet, a few steps of everything), and
 ``,key=value`` overrides one entry of the budget (e.g. ``,student_steps=200`` for a smoke run).
 
@@ -32,6 +33,18 @@ STUDENTS = {
     "xnor_tbs": ("xnor", True, "none"),    # BiDM Table 3: XNOR + TBS
     "xnor_spd": ("xnor", False, "spd"),    # BiDM Table 3: XNOR + SPD
 }
+
+# Diagnostic variants, run only when named in the driver's --models: they isolate one
+# structural piece of the W1A1 layer under the same budget. name -> (method, tbs, loss,
+# quant overrides); docs/reproduction.md reports what they showed.
+DIAGNOSTICS = {
+    "xnor_nok": ("xnor", None, "auto", {"input_scale": "none"}),      # XNOR without its K map
+    "xnor_unitsc": ("xnor", None, "auto", {"shortcut": "unit"}),      # ReActNet's unit shortcut
+    "bidm_nok": ("bidm", None, "auto", {"input_scale": "none"}),      # BiDM without k * A
+    "xnor_rprelu": ("xnor", None, "auto", {"rprelu": "post_residual"}),  # + ReActNet's RPReLU
+    "reactnet_box": ("reactnet", None, "auto", {"input_scale": "box"}),  # ReActNet with XNOR's K
+}
+MODELS = {**STUDENTS, **DIAGNOSTICS}
 
 # The fixed budget. "full": one ~25-minute run on 4 GPUs; "tiny": CI on CPU.
 BUDGET = {
@@ -71,8 +84,8 @@ def budget(arg: str = "teacher") -> dict:
 
 def get_config(arg: str = "teacher"):
     name = arg.split(",")[0]
-    if name != "teacher" and name not in STUDENTS:
-        raise ValueError(f"unknown model {name!r}; valid: teacher, {', '.join(STUDENTS)}")
+    if name != "teacher" and name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: teacher, {', '.join(MODELS)}")
     b = budget(arg)
     size = "tiny" if "tiny" in arg.split(",")[1:] else "full"
     c = base()
@@ -104,8 +117,10 @@ def get_config(arg: str = "teacher"):
         c.train.ema_decay = b["teacher_ema"]
         c.ckpt.save_every = b["teacher_steps"]
         return c
-    method, tbs, loss = STUDENTS[name]
+    method, tbs, loss, *overrides = MODELS[name]
     c.quant.method = method
+    for key, value in (overrides[0] if overrides else {}).items():
+        c.quant[key] = value
     c.distill.tbs, c.distill.loss = tbs, loss
     c.distill.faithful_to = "paper"      # lr 6e-5, λ_SPD 3e-2, α_init 0.3 for every student
     c.train.batch_size, c.train.num_steps = b["student_batch"], b["student_steps"]

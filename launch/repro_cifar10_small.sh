@@ -3,7 +3,7 @@
 # FP teacher (data parallel) -> proxy feature network + 9 W1A1 students (one process each,
 # spread over the GPUs) -> proxy FID/sFID/IS/PR + PSNR vs teacher -> results/cifar10_small/.
 #
-#   launch/repro_cifar10_small.sh --data /path/to/cifar10_jpeg_q75.npz   # ~25 min on 4 GPUs
+#   launch/repro_cifar10_small.sh --data /path/to/cifar10_jpeg_q75.npz   # 14 min on 4x H200
 #   launch/repro_cifar10_small.sh --tiny                                 # CI size, CPU, ~2 min
 #
 # Options: --workdir DIR (resume: finished jobs are skipped), --results DIR, --phases

@@ -145,3 +145,26 @@ def test_job_failing_while_sharing_is_retried_alone(tmp_path):
     marker.unlink()
     res = jobs.run_jobs([flaky], ["cpu"], 2, gpus=False, retry=False)
     assert not res[0].ok
+
+
+def test_diagnostic_models_override_one_piece_and_are_opt_in(tmp_path):
+    """DIAGNOSTICS entries build their base method with one quant override and the same
+    budget as the students; they are not part of the default set, and unknown names fail."""
+    from bidm_jax.configlib import sibling
+
+    mod = sibling(os.path.join(ROOT, "configs", "x.py"), "repro_cifar10_small")
+    assert not set(mod.DIAGNOSTICS) & set(mod.STUDENTS)
+    base = mod.get_config("xnor")
+    for name, (method, _, _, overrides) in mod.DIAGNOSTICS.items():
+        c = mod.get_config(name)
+        assert c.quant.method == method and report.LABELS[name] != name
+        for key, value in overrides.items():
+            assert c.quant[key] == value != base.quant[key]
+        assert (c.train.num_steps, c.train.batch_size) == (base.train.num_steps,
+                                                           base.train.batch_size)
+    with pytest.raises(ValueError, match="xnor_nok"):
+        mod.get_config("xnor_nothing")
+    proc = _driver("--tiny", "--cpu", "--workdir", str(tmp_path / "w"), "--models",
+                   "xnor,nope", timeout=120)
+    assert proc.returncode != 0 and "unknown --models ['nope']" in proc.stderr
+    assert "xnor_rprelu" in proc.stderr

@@ -22,6 +22,8 @@ CHOICES = {
     "kconv_bias": ("code", "none"),
     "linear_tau": ("code", "paper"),
     "shortcut": ("auto", "none", "scaled", "unit"),
+    "input_scale": ("auto", "none", "box", "kconv"),
+    "rprelu": ("auto", "none", "post_residual", "pre_residual"),
     "binary_bias": ("drop", "keep"),
 }
 
@@ -59,6 +61,13 @@ def get_quant_config() -> ml_collections.ConfigDict:
     # 'unit', others 'none'); 'scaled' = y + s·shortcut(x) with learnable s;
     # 'unit' = y + shortcut(x).
     c.shortcut = "auto"
+    # Input scale map K of binary convs: 'auto' = method default (bidm 'kconv', xnor 'box',
+    # xnor++ its Gamma, others 'none'); 'none' | 'box' (XNOR-Net's fixed 1/k² box on
+    # mean_c|x|) | 'kconv' (BiDM's learnable k-conv) override it, e.g. to ablate K.
+    c.input_scale = "auto"
+    # RPReLU after each binary conv: 'auto' = method default (reactnet 'post_residual', bbcu
+    # 'pre_residual', others 'none'); an explicit value overrides it, e.g. to ablate it.
+    c.rprelu = "auto"
     c.shortcut_scale_init = 0.0  # CIFAR code 0.0; LDM code 0.3
     c.shortcut_abs = False  # CIFAR code False; LDM code True (|s|)
     # ReSTE (§5): o goes from 1 to reste_o_end with a cosine schedule; threshold t.

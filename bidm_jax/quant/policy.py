@@ -102,9 +102,15 @@ def resolve_layer(path: str, cfg) -> LayerSpec:
     if cfg.method == "xnor" and cfg.xnor_weight_grad == "exact":
         weight = "xnor_exact"
     shortcut = m.shortcut if cfg.shortcut == "auto" else cfg.shortcut
+    input_scale = m.input_scale if cfg.input_scale == "auto" else cfg.input_scale
+    rprelu = m.rprelu if cfg.rprelu == "auto" else cfg.rprelu
+    if m.input_scale == "xnorpp" and input_scale != "xnorpp":
+        # Gamma is what makes a layer XNOR-Net++; without it the weights have no scale.
+        raise ValueError(f"quant.input_scale={cfg.input_scale!r} cannot replace XNOR-Net++'s "
+                         "Gamma; use 'auto' with method 'xnor++'")
     return LayerSpec(
         path=path, method=cfg.method, binary=True, weight=weight, act=m.act,
-        channel_shift=m.channel_shift, input_scale=m.input_scale, shortcut=shortcut,
-        rprelu=m.rprelu, kconv_bias=cfg.kconv_bias == "code", linear_tau=cfg.linear_tau,
+        channel_shift=m.channel_shift, input_scale=input_scale, shortcut=shortcut,
+        rprelu=rprelu, kconv_bias=cfg.kconv_bias == "code", linear_tau=cfg.linear_tau,
         shortcut_scale_init=float(cfg.shortcut_scale_init), shortcut_abs=bool(cfg.shortcut_abs),
         reste_threshold=float(cfg.reste_threshold), keep_bias=cfg.binary_bias == "keep")

@@ -160,7 +160,8 @@ class Plan:
                      done_file=os.path.join(self.dir("proxy"), "ref_train_proxy.npz"))]
         teacher_ckpt = os.path.join(self.dir("teacher"), "checkpoints")
         for s in self.students:
-            cost = STEP_MS[s] * budget["student_steps"] / 1000.0 + 60.0
+            method = s if s in STEP_MS else s.split("_")[0]  # diagnostics: their base method
+            cost = STEP_MS.get(method, 40.0) * budget["student_steps"] / 1000.0 + 60.0
             out.append(J.Job(s, [self.main_cmd(s, "distill", self.dir(s),
                                                f"--config.distill.teacher={teacher_ckpt}")],
                              self.log(s), cost=cost, env=self.env,
@@ -273,9 +274,9 @@ def main(argv=None) -> int:
     module = _load_config_module()
     size = "tiny" if args.tiny else "full"
     students = [s for s in (args.models.split(",") if args.models else module.STUDENTS) if s]
-    unknown = [s for s in students if s not in module.STUDENTS]
+    unknown = [s for s in students if s not in module.MODELS]
     if unknown:
-        raise SystemExit(f"unknown --models {unknown}; valid: {', '.join(module.STUDENTS)}")
+        raise SystemExit(f"unknown --models {unknown}; valid: {', '.join(module.MODELS)}")
     gpus = [] if args.cpu else J.gpu_ids()
     devices = gpus or ["cpu"]
     phases = args.phases.split(",")

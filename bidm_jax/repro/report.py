@@ -21,7 +21,11 @@ PAPER_RATIO = PAPER_CIFAR_FID["bidm"] / PAPER_CIFAR_FID["xnor"]  # 0.72
 
 LABELS = {"teacher": "FP teacher", "bidm": "BiDM (TBS + SPD)", "xnor": "XNOR",
           "reactnet": "ReActNet", "xnor++": "XNOR++", "reste": "ReSTE", "dorefa": "DoReFa",
-          "bbcu": "BBCU", "xnor_tbs": "XNOR + TBS", "xnor_spd": "XNOR + SPD"}
+          "bbcu": "BBCU", "xnor_tbs": "XNOR + TBS", "xnor_spd": "XNOR + SPD",
+          # diagnostics (DIAGNOSTICS of the config)
+          "xnor_nok": "XNOR without K", "xnor_unitsc": "XNOR + unit shortcut",
+          "xnor_rprelu": "XNOR + RPReLU",
+          "bidm_nok": "BiDM without k * A", "reactnet_box": "ReActNet + XNOR's K"}
 METRICS = ("proxy_fid", "proxy_sfid", "proxy_is", "proxy_precision", "proxy_recall",
            "proxy_kid")
 

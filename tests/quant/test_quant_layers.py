@@ -171,6 +171,47 @@ def test_rprelu_residual_order(method):
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method,overrides", [
+    ("xnor", {"input_scale": "none"}),
+    ("xnor", {"rprelu": "post_residual"}),
+    ("xnor", {"shortcut": "unit"}),
+    ("reactnet", {"input_scale": "box"}),
+])
+def test_structure_overrides_replace_one_piece(method, overrides):
+    """quant.input_scale / rprelu / shortcut swap one piece of a method's binary conv (the
+    reproduction's diagnostics); the rest of the layer stays the method's."""
+    layer = _rand_layer(_cfg(method, shortcut_scale_init=0.5, **overrides),
+                        "down.0.block.0.conv2", 4, 4, 3)
+    x = _np(8, (2, 6, 6, 4))
+    scale = overrides.get("input_scale", "box" if method == "xnor" else "none")
+    rprelu = overrides.get("rprelu", "post_residual" if method == "reactnet" else "none")
+    unit = overrides.get("shortcut") == "unit" or method == "reactnet"
+    assert hasattr(layer, "rprelu") == (rprelu != "none")
+    assert hasattr(layer, "shortcut_scale") == (not unit)
+
+    @nnx.jit
+    def both(layer):
+        y = _ref_core(layer, x)
+        if scale == "box":
+            y = y * _conv(jnp.mean(jnp.abs(x), axis=-1, keepdims=True),
+                          jnp.full((3, 3, 1, 1), 1 / 9), 1, 1)
+        y = y + (1.0 if unit else 0.5) * x
+        if rprelu != "none":
+            r = layer.rprelu
+            z = y + r.shift_in[...]
+            y = jnp.where(z > 0, z, 0.25 * z) + r.shift_out[...]
+        return layer(x), y
+
+    out, ref = both(layer)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_xnorpp_gamma_cannot_be_overridden():
+    with pytest.raises(ValueError, match="Gamma"):
+        QuantFactory(_cfg("xnor++", input_scale="none")).conv(
+            "down.0.block.0.conv1", 3, 3, 3, padding=1, rngs=nnx.Rngs(0))
+
+
 def test_fp_layers_are_plain_conv_and_dense_with_teacher_names():
     f = QuantFactory(_cfg("bidm"))
     conv = f.conv("conv_in", 3, 8, 3, padding=1, rngs=nnx.Rngs(0))
@@ -245,7 +286,8 @@ def test_policy_follows_ddim_layer_list():
 
 def test_config_validation_lists_choices():
     validate_quant_config(get_quant_config())
-    for field, bad in (("method", "xnorr"), ("kconv_bias", "maybe"), ("linear_tau", "x")):
+    for field, bad in (("method", "xnorr"), ("kconv_bias", "maybe"), ("linear_tau", "x"),
+                       ("input_scale", "xnorpp"), ("rprelu", "yes")):
         with pytest.raises(ValueError, match="choose one of"):
             cfg = _cfg("bidm")
             cfg[field] = bad
