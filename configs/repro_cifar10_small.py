@@ -43,6 +43,7 @@ DIAGNOSTICS = {
     "bidm_nok": ("bidm", None, "auto", {"input_scale": "none"}),      # BiDM without k * A
     "xnor_rprelu": ("xnor", None, "auto", {"rprelu": "post_residual"}),  # + ReActNet's RPReLU
     "reactnet_box": ("reactnet", None, "auto", {"input_scale": "box"}),  # ReActNet with XNOR's K
+    "xnor_bias": ("xnor", None, "auto", {"binary_bias": "keep"}),   # keeps the teacher's bias
 }
 MODELS = {**STUDENTS, **DIAGNOSTICS}
 

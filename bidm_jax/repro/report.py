@@ -25,7 +25,7 @@ LABELS = {"teacher": "FP teacher", "bidm": "BiDM (TBS + SPD)", "xnor": "XNOR",
           # diagnostics (DIAGNOSTICS of the config)
           "xnor_nok": "XNOR without K", "xnor_unitsc": "XNOR + unit shortcut",
           "xnor_rprelu": "XNOR + RPReLU",
-          "bidm_nok": "BiDM without k * A", "reactnet_box": "ReActNet + XNOR's K"}
+          "bidm_nok": "BiDM without k * A", "reactnet_box": "ReActNet + XNOR's K", "xnor_bias": "XNOR keeping the bias"}
 METRICS = ("proxy_fid", "proxy_sfid", "proxy_is", "proxy_precision", "proxy_recall",
            "proxy_kid")
 
