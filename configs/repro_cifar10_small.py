@@ -9,9 +9,9 @@ plain CLI call with this file, e.g.
         --config.distill.teacher=W/teacher/checkpoints
 
 The argument after ':' names the model (``teacher``, a key of ``STUDENTS`` or of
-``DIAGNOSTICS``); appending
-``,tiny`` gives the CI-sized variant (tiny UNet, a few steps of everything), and
-``,key=value`` overrides one entry of the budget (e.g. ``,student_steps=200`` for a smoke run).
+``DIAGNOSTICS``); appending ``,tiny`` gives the CI-sized variant (tiny UNet, a few steps of
+everything), and ``,key=value`` overrides one entry of the budget (e.g.
+``,student_steps=200`` for a smoke run).
 
 The budget below was fixed before any result was seen and is the same for every student
 (iterations, batch, learning rate and its schedule, EMA, teacher, sampler, sample count).
@@ -47,7 +47,7 @@ DIAGNOSTICS = {
 }
 MODELS = {**STUDENTS, **DIAGNOSTICS}
 
-# The fixed budget. "full": one ~25-minute run on 4 GPUs; "tiny": CI on CPU.
+# The fixed budget. "full": one run of about 14 minutes on 4x H200; "tiny": CI on CPU.
 BUDGET = {
     "full": dict(teacher_steps=9000, teacher_batch=512, teacher_lr=4e-4, teacher_warmup=500,
                  teacher_ema=0.9995, student_steps=3000, student_batch=64, student_ema=0.999,

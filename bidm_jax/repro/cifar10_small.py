@@ -159,9 +159,10 @@ class Plan:
                      self.log("proxy"), cost=60.0, env=self.env,
                      done_file=os.path.join(self.dir("proxy"), "ref_train_proxy.npz"))]
         teacher_ckpt = os.path.join(self.dir("teacher"), "checkpoints")
+        models = _load_config_module().MODELS
         for s in self.students:
-            method = s if s in STEP_MS else s.split("_")[0]  # diagnostics: their base method
-            cost = STEP_MS.get(method, 40.0) * budget["student_steps"] / 1000.0 + 60.0
+            step_ms = STEP_MS.get(s) or STEP_MS[models[s][0]]  # diagnostics: their method's
+            cost = step_ms * budget["student_steps"] / 1000.0 + 60.0
             out.append(J.Job(s, [self.main_cmd(s, "distill", self.dir(s),
                                                f"--config.distill.teacher={teacher_ckpt}")],
                              self.log(s), cost=cost, env=self.env,

@@ -24,8 +24,8 @@ LABELS = {"teacher": "FP teacher", "bidm": "BiDM (TBS + SPD)", "xnor": "XNOR",
           "bbcu": "BBCU", "xnor_tbs": "XNOR + TBS", "xnor_spd": "XNOR + SPD",
           # diagnostics (DIAGNOSTICS of the config)
           "xnor_nok": "XNOR without K", "xnor_unitsc": "XNOR + unit shortcut",
-          "xnor_rprelu": "XNOR + RPReLU",
-          "bidm_nok": "BiDM without k * A", "reactnet_box": "ReActNet + XNOR's K", "xnor_bias": "XNOR keeping the bias"}
+          "xnor_rprelu": "XNOR + RPReLU", "xnor_bias": "XNOR keeping the bias",
+          "bidm_nok": "BiDM without k * A", "reactnet_box": "ReActNet + XNOR's K"}
 METRICS = ("proxy_fid", "proxy_sfid", "proxy_is", "proxy_precision", "proxy_recall",
            "proxy_kid")
 
