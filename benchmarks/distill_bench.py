@@ -3,7 +3,7 @@
     python benchmarks/distill_bench.py --precisions float32,tensorfloat32 --out bench.jsonl
 
 Each variant is one full optimizer step of ``--mode distill`` (the same ``loss_fn`` from
-``bidm_jax.distill.run.build_distill`` and the same ``optim.guarded_update`` as the
+``bidm_jax.build.distill_trainable`` and the same ``optim.guarded_update`` as the
 training loop: forward(s), backward, grad clip, Adam, EMA, non-finite guard) at the config's
 batch size on random data; the teacher is a random-init FP UNet (timing does not depend on
 its weights). Reported: median and min ms over ``--steps`` timed steps after ``--warmup``
@@ -44,27 +44,26 @@ VARIANTS = {
 def bench_variant(config, name: str, precision: str, steps: int, warmup: int) -> dict:
     import jax
     import numpy as np
-    from flax import nnx
 
-    from bidm_jax import optim
-    from bidm_jax.distill.config import resolve_distill_config
-    from bidm_jax.distill.run import build_distill, teacher_functional
-    from bidm_jax.models import build_unet
-    from bidm_jax.models.functional import Functional
-    from bidm_jax.train import matmul_precision
+    from bidm_jax import build
+    from bidm_jax.configlib import resolve_config
+    from bidm_jax.training import optim
+    from bidm_jax.training.loop import matmul_precision
 
     method, tbs, loss = VARIANTS[name]
     c = config.copy_and_resolve_references()
     c.quant.method = method
     c.distill.tbs, c.distill.loss = tbs, loss
     c.train.matmul_precision = precision
-    c = resolve_distill_config(c)
-    teacher = Functional(build_unet(c.model, rngs=nnx.Rngs(0))).params
-    setup = build_distill(c, teacher_functional(c), teacher)
-    flat = optim.Flat(setup.student_fm.params)
+    c = resolve_config(c, "distill")
+    teacher = build.fp_model(c).params  # random weights: a step's cost does not depend on them
+    trainable, _ = build.distill_trainable(c, build.teacher(c), teacher)
+    flat = optim.Flat(trainable.params)
     opt = optim.make_optimizer(c.train)
-    state = optim.init_state(flat.ravel(setup.student_fm.params), opt, 0)
-    step = jax.jit(lambda s, b: optim.guarded_update(s, setup.loss_fn, b, opt,
+    state = optim.init_state(flat.ravel(trainable.params), opt, 0)
+    if trainable.fm.aux:
+        state["aux"] = dict(trainable.fm.aux)
+    step = jax.jit(lambda s, b: optim.guarded_update(s, trainable.loss_fn, b, opt,
                                                      c.train.ema_decay, flat.unravel),
                    donate_argnums=0)
     r = c.model.resolution

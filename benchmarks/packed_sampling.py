@@ -5,7 +5,7 @@
 
 Model: the full-width DDIM CIFAR-10 UNet of ``configs/cifar10_ddim.py`` (BiDM student with
 its TBS carry; the teacher is the same UNet in FP). Weights are random (a random FP UNet, the
-student built from it with ``build_student``, the packed student exported from that): the
+student built from it with ``bidm_jax.build.student``, the packed student exported from that): the
 time of a sampling step does not depend on the values. Every variant samples the same batch
 of x_T with the same DDIM sampler (``make_sampler``, one jitted ``lax.scan`` over the steps).
 
@@ -51,7 +51,7 @@ TINY = ("teacher_bf16", "fakequant_fp32", "packed_xla_fp32", "packed_pallas_fp32
 
 
 def get_config(tiny: bool):
-    from bidm_jax.configlib import sibling
+    from bidm_jax.configlib import resolve_config, sibling
 
     c = sibling(os.path.join(ROOT, "configs", "default.py"), "cifar10_ddim").get_config()
     c.mesh.data = 1
@@ -59,48 +59,42 @@ def get_config(tiny: bool):
         c.data.dataset, c.data.image_size, c.model.resolution = "digits", 8, 8
         c.model.ch, c.model.ch_mult, c.model.num_res_blocks = 32, (1, 2), 1
         c.model.attn_resolutions = (4,)
-    return c
+    return resolve_config(c, "sample")
 
 
 def build(config, args):
     """Random teacher params, fake-quant student params (kernels from the teacher) and the
     path of that student's packed file; and the byte report of the export."""
     import numpy as np
-    from flax import nnx
 
+    from bidm_jax import build as builder
     from bidm_jax import export
-    from bidm_jax.distill.config import resolve_distill_config
-    from bidm_jax.models import build_unet
-    from bidm_jax.models.functional import Functional
 
-    teacher = Functional(build_unet(config.model, rngs=nnx.Rngs(0)))
-    fm, _, _ = export.student_model(config)
-    # The student's kernels / biases / norms are the teacher's (build_student copies them).
-    student = {n: np.asarray(teacher.params.get(n, v)) for n, v in fm.params.items()}
+    teacher = builder.fp_model(config)
+    # The student's kernels / biases / norms are the teacher's (the student build copies them).
+    fm = builder.student(config, teacher.params).fm
+    student = {n: np.asarray(v) for n, v in {**fm.params, **fm.aux}.items()}
     packed, layers = export.pack_params(fm, student)
     directory = tempfile.mkdtemp(prefix="packed_bench_")
     path = os.path.join(directory, "packed.npz")
-    size = export.write_packed(path, packed, resolve_distill_config(config), layers)
+    size = export.write_packed(path, packed, config, layers)
     report = export.byte_report(packed, layers, size, student, teacher.shapes(), directory)
     return (teacher.params, student, path), report
 
 
 def variant_model(name: str, config, teacher_params, student_params, packed_path):
     """(model_fn, carry_init, params, config) of one variant."""
+    from bidm_jax import build as builder
     from bidm_jax import export
-    from bidm_jax.models.functional import Functional
-    from bidm_jax.models import build_unet
-    from bidm_jax.sample import fp_model_fn
-    from flax import nnx
 
     c = config.copy_and_resolve_references()
     c.model.dtype = "bfloat16" if name.endswith("bf16") else "float32"
     if name.startswith("teacher"):
-        c.quant.method = "fp"
-        fm = Functional(nnx.eval_shape(lambda: build_unet(c.model, rngs=nnx.Rngs(0))))
-        return fp_model_fn(fm), None, teacher_params, c
+        c.quant.method, c.mode = "fp", "train"
+        _, model_fn, _ = builder.sampling_model(c)
+        return model_fn, None, teacher_params, c
     if name.startswith("fakequant"):
-        _, model_fn, carry_init = export.student_model(c)
+        _, model_fn, carry_init = builder.sampling_model(c)
         return model_fn, carry_init, student_params, c
     c.export.kernel = name.split("_")[1]
     _, model_fn, carry_init, params = export.packed_sampling_model(c, packed_path)
@@ -110,7 +104,7 @@ def variant_model(name: str, config, teacher_params, student_params, packed_path
 def time_variant(name, config, models, args, x_T, check):
     import jax
 
-    from bidm_jax.sample import make_sampler
+    from bidm_jax.diffusion.sampling import make_sampler
 
     model_fn, carry_init, params, c = variant_model(name, config, *models)
     c.diffusion.sample_steps = args.timed_steps

@@ -1,13 +1,21 @@
-"""Start-up validation of a full config: every bad value fails before any device work, with a
-message that names the field and lists the valid choices."""
+"""Start-up validation and resolution of a full config.
+
+:func:`validate_config`: every bad value fails before any device work, with a message that
+names the field and lists the valid choices. :func:`resolve_config` (``main.run`` calls it
+once) decides every automatic value, so the config a run logs is the config it ran: the
+method's defaults and the ``faithful_to`` values of ``distill``, the model family's layer
+patterns in ``quant``, and in ``--mode distill`` the training fields ``distill`` overrides.
+"""
 from __future__ import annotations
+
+import copy
 
 from bidm_jax.data.cifar10 import SOURCES
 from bidm_jax.data.pipeline import DATASETS
 from bidm_jax.diffusion.losses import REDUCTIONS
 from bidm_jax.diffusion.samplers import CONVENTIONS, SAMPLERS, VAR_TYPES
 from bidm_jax.diffusion.schedules import SCHEDULES
-from bidm_jax.models import ARCHITECTURES, DTYPES
+from bidm_jax.models import DTYPES, get_family, list_families
 
 MATMUL_PRECISIONS = ("default", "tensorfloat32", "float32", "bfloat16", "highest")
 DISTRIBUTED = ("auto", "yes", "no")
@@ -40,20 +48,9 @@ def validate_config(cfg) -> None:
     _choice(cfg, "data", "source", SOURCES)
     _choice(cfg, "data", "split", ("train", "test"))
     _positive(cfg, "data", "image_size")
-    _choice(cfg, "model", "name", ARCHITECTURES)
+    _choice(cfg, "model", "name", list_families())
     _choice(cfg, "model", "dtype", tuple(DTYPES))
-    for f in ("ch", "num_res_blocks", "in_channels", "out_ch", "resolution"):
-        _positive(cfg, "model", f)
-    if cfg.model.ch % 32:
-        raise ValueError(f"model.ch={cfg.model.ch} must be a multiple of 32 (GroupNorm groups)")
-    if not cfg.model.ch_mult or any(m <= 0 for m in cfg.model.ch_mult):
-        raise ValueError(f"model.ch_mult={cfg.model.ch_mult} must be non-empty and positive")
-    if cfg.model.resolution % 2 ** (len(cfg.model.ch_mult) - 1):
-        raise ValueError(f"model.resolution={cfg.model.resolution} must be divisible by "
-                         f"2**(len(ch_mult)-1)={2 ** (len(cfg.model.ch_mult) - 1)}")
-    if cfg.model.resolution != cfg.data.image_size:
-        raise ValueError(f"model.resolution={cfg.model.resolution} differs from "
-                         f"data.image_size={cfg.data.image_size}")
+    get_family(cfg.model.name).validate(cfg)
     _unit_interval(cfg, "model", "dropout")
     _choice(cfg, "diffusion", "schedule", SCHEDULES)
     _choice(cfg, "diffusion", "loss_reduction", REDUCTIONS)
@@ -89,14 +86,13 @@ def validate_config(cfg) -> None:
 
 
 def _validate_export(cfg) -> None:
-    """``export`` section and ``sample.packed`` (both optional in older config files)."""
-    if not isinstance(cfg.sample.get("packed", ""), str):
-        raise ValueError(f"sample.packed={cfg.sample.packed!r} must be '', 'auto' or a path")
-    if "export" in cfg:
-        from bidm_jax.quant.packed import KERNELS, PALLAS_BACKENDS
+    """``export`` section and ``sample.packed``."""
+    from bidm_jax.quant.packed import KERNELS, PALLAS_BACKENDS
 
-        _choice(cfg, "export", "kernel", KERNELS)
-        _choice(cfg, "export", "pallas_backend", PALLAS_BACKENDS)
+    if not isinstance(cfg.sample.packed, str):
+        raise ValueError(f"sample.packed={cfg.sample.packed!r} must be '', 'auto' or a path")
+    _choice(cfg, "export", "kernel", KERNELS)
+    _choice(cfg, "export", "pallas_backend", PALLAS_BACKENDS)
 
 
 def _section_validators():
@@ -107,6 +103,28 @@ def _section_validators():
 
     return [("quant", validate_quant_config), ("distill", validate_distill_config),
             ("eval", validate_eval_config)]
+
+
+def resolve_config(config, mode: str | None = None):
+    """A validated copy of ``config`` with every automatic value decided (see the module
+    docstring). ``mode``: the mode that will run (default ``config.mode``); in 'distill' the
+    ``distill`` section's lr / num_steps / batch_size replace the ``train`` fields. Resolving
+    a resolved config changes nothing."""
+    from bidm_jax.distill.config import apply_distill_training, resolve_distill
+    from bidm_jax.methods import get_method
+
+    validate_config(config)
+    out = copy.deepcopy(config)
+    family = get_family(out.model.name)
+    with out.unlocked():
+        resolve_distill(out, get_method(out.quant.method))
+        if not out.quant.fp_layers:
+            out.quant.fp_layers = tuple(family.fp_layers)
+        if not out.quant.binary_layers:
+            out.quant.binary_layers = tuple(family.binary_layers)
+        if (mode or out.mode) == "distill":
+            apply_distill_training(out)
+    return out
 
 
 def sibling(config_file: str, name: str):

@@ -15,48 +15,27 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "distill", "export", "sample", "eval", "summary", "ref_stats", "train_proxy",
-         "quickstart")
+from bidm_jax.modes import MODES  # a plain table: importing it loads nothing heavy
 
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", None, MODES, "What to run (default: the config's `mode`, else train).")
+flags.DEFINE_enum("mode", None, list(MODES), "What to run (default: the config's `mode`, else train).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def run(config, workdir: str, mode: str):
-    """Dispatches one mode; importing lazily keeps start-up (and --help) fast."""
-    from bidm_jax.configlib import validate_config
+    """Validates and resolves ``config`` once (``configlib.resolve_config``: the config every
+    part of the run sees and logs), then dispatches one mode (``bidm_jax.modes``)."""
+    from bidm_jax.configlib import resolve_config
 
-    validate_config(config)
-    from bidm_jax import parallel
+    config = resolve_config(config, mode)
+    from bidm_jax import modes, parallel
 
     parallel.maybe_initialize_distributed(config.mesh)  # before any device use
     os.makedirs(workdir, exist_ok=True)
-    if mode == "train":
-        from bidm_jax.train import run_train
-        return run_train(config, workdir)
-    if mode == "distill":
-        from bidm_jax.distill.run import run_distill
-        return run_distill(config, workdir)
-    if mode == "export":
-        from bidm_jax.export import export_student
-        return export_student(config, workdir)
-    if mode == "sample":
-        from bidm_jax.sample import run_sample
-        return run_sample(config, workdir)
-    if mode == "summary":
-        from bidm_jax.summary import run_summary
-        return run_summary(config, workdir)
-    if mode == "quickstart":
-        from bidm_jax.quickstart import run_quickstart
-        return run_quickstart(config, workdir)
-    if mode in ("eval", "ref_stats", "train_proxy"):
-        from bidm_jax.metrics import evaluate
-        return getattr(evaluate, f"run_{mode}")(config, workdir)
-    raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+    return modes.run(mode, config, workdir)
 
 
 class _QuietLibraries:
@@ -71,7 +50,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = FLAGS.config
-    mode = FLAGS.mode or config.get("mode", "train")
+    mode = FLAGS.mode or config.mode
     if mode not in MODES:
         raise app.UsageError(f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}")
     try:

@@ -86,3 +86,12 @@ def check_batch(global_batch_size: int, mesh: Mesh) -> None:
     if global_batch_size % n:
         raise ValueError(f"train.batch_size={global_batch_size} must be divisible by the "
                          f"{n} devices on the data axis")
+
+
+def place(tree, sharding):
+    """Puts host values on ``sharding`` (works with several processes, each holding the same
+    values)."""
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    return jax.tree_util.tree_map(put, tree)

@@ -54,6 +54,26 @@ def tiny_config(**overrides):
     return c
 
 
+def quant_config(method: str = "bidm", **overrides):
+    """A ``quant`` section for ``method`` with the DDIM family's layer patterns (what
+    ``configlib.resolve_config`` fills in), for tests that build layers directly."""
+    from bidm_jax.models.ddim_family import BINARY_LAYERS, FP_LAYERS
+    from bidm_jax.quant import get_quant_config
+
+    c = get_quant_config()
+    c.method = method
+    c.fp_layers, c.binary_layers = FP_LAYERS, BINARY_LAYERS
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def resolved(config, mode: str = "distill"):
+    from bidm_jax.configlib import resolve_config
+
+    return resolve_config(config, mode)
+
+
 @pytest.fixture
 def tiny():
     return tiny_config

@@ -28,7 +28,8 @@ def main(pid: int, port: int, workdir: str, out: str) -> None:
 
     import jax
     import numpy as np
-    from bidm_jax import checkpoint, parallel
+    from bidm_jax import parallel
+    from bidm_jax.training import checkpoint
 
     assert jax.process_count() == 2 and jax.device_count() == 4
     mesh = parallel.make_data_mesh(-1)

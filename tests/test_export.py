@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bidm_jax import checkpoint, export, parallel
-from bidm_jax.distill.run import teacher_functional
+from bidm_jax import build, export, parallel
+from bidm_jax.diffusion.sampling import generate, make_sampler
 from bidm_jax.kernels.packing import (pack_signs, pack_signs_host, regroup_words_host,
                                       unpack_signs_host)
 from bidm_jax.main import run
 from bidm_jax.models.functional import Functional, check_shapes
-from bidm_jax.quant import QuantFactory, get_quant_config
+from bidm_jax.quant import QuantFactory
 from bidm_jax.quant.packed import PackedOptions, scale_of
-from bidm_jax.sample import generate, make_sampler
-from tests.conftest import ROOT, tiny_config
+from bidm_jax.training import checkpoint
+from tests.conftest import ROOT, quant_config, resolved, tiny_config
 
 
 class Layers(nnx.Module):
@@ -58,11 +58,7 @@ PALLAS_CASES = ("bidm", "dorefa", "xnor++", "reactnet")
 
 
 def _qcfg(case):
-    q = get_quant_config()
-    q.method = case.split("_")[0]
-    for k, v in CASES[case].items():
-        q[k] = v
-    return q
+    return quant_config(case.split("_")[0], **CASES[case])
 
 
 def _perturbed(params, seed):
@@ -75,7 +71,7 @@ def _perturbed(params, seed):
         if n.endswith(("weight_scale", "xnorpp.alpha")):
             v = v * rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
             v[..., 0] = -v[..., 0]
-        elif n.endswith("kernel"):  # export.student_model's kernels are zeros
+        elif n.endswith("kernel"):  # a student built without a teacher has zero kernels
             v = v + 0.1 * rng.standard_normal(v.shape).astype(np.float32)
         else:
             v = v + 0.3 * rng.standard_normal(v.shape).astype(np.float32)
@@ -102,8 +98,9 @@ def layer_results():
                                     nnx.Rngs(0)))
             p = dict(disk)
             for base, info in layers.items():
-                p[f"{base}.kernel_bits"] = regroup_words_host(
-                    p[f"{base}.kernel_bits"], info["k"], 1, opts.group_words(info["k"]))
+                p[f"{base}.kernel_bits"] = np.stack([regroup_words_host(
+                    w, info["k"], 1, opts.group_words(info["k"]))
+                    for w in p[f"{base}.kernel_bits"]])
             check_shapes(pfm.shapes(), p, case)
             packed[kernel][case] = (pfm, p)
     k = jax.random.split(jax.random.key(3), 3)
@@ -180,15 +177,16 @@ def exported(tmp_path_factory):
     with x̂0 clipping: a random student's DDIM images are ~96 % saturated pixels, its DDPM
     images ~20 %, so the image comparison sees the model."""
     work = str(tmp_path_factory.mktemp("bidm"))
-    c = _config(**{"diffusion.sampler": "ddpm"})
-    fm, model_fn, carry_init = export.student_model(c)
+    c = resolved(_config(**{"diffusion.sampler": "ddpm"}), "sample")
+    fm, model_fn, carry_init = build.sampling_model(c)
     params = _perturbed(fm.params, 2)
     params = {n: (np.abs(v) * 0.1 if n == "tbs.coefficients" else v) for n, v in params.items()}
     checkpoint.write_params(os.path.join(work, "checkpoints"), params, step=7)
     report = run(c, work, "export")
     with jax.default_matmul_precision("highest"):  # no TF32 when run on a GPU
         images = generate(make_sampler(model_fn, c, carry_init), params, c,
-                          parallel.make_data_mesh(1), num=4, seed=c.sample.seed)
+                          parallel.make_data_mesh(1), num=4, seed=c.sample.seed,
+                          shape=(8, 8, 3))
     return work, c, fm, params, report, images
 
 
@@ -204,7 +202,10 @@ def test_export_writes_bits_and_byte_counts(exported):
         assert packed[f"{base}.kernel_bits"].dtype == np.int32
         assert f"{base}.kernel" not in packed and f"{base}.bias" not in packed
         k, o = meta["packed_layers"][base]["k"], params[f"{base}.kernel"].shape[-1]
-        assert packed[f"{base}.kernel_bits"].shape == (-(-k // 32), o)
+        assert packed[f"{base}.kernel_bits"].shape == (1, -(-k // 32), o)  # one plane
+        assert packed[f"{base}.kernel_scale"].shape == (1, o)
+        assert meta["packed_layers"][base]["planes"] == 1
+        assert meta["packed_layers"][base]["bits_a"] == 1
     for fp in ("conv_in.kernel", "conv_out.kernel", "down.0.block.0.conv1.tau",
                "down.0.block.0.conv1.kconv.kernel", "tbs.coefficients"):
         np.testing.assert_array_equal(packed[fp], params[fp])
@@ -269,7 +270,7 @@ def test_bad_input_is_a_clear_error(exported, tmp_path):
     with pytest.raises(FileNotFoundError, match="--mode distill"):
         run(_config(), str(tmp_path), "export")
     teacher_dir = tmp_path / "teacher_run"  # an FP checkpoint where a student is expected
-    shapes = teacher_functional(_config()).shapes()
+    shapes = build.teacher(resolved(_config())).shapes()
     checkpoint.write_params(str(teacher_dir / "checkpoints"),
                             {n: np.zeros(v.shape, v.dtype) for n, v in shapes.items()})
     with pytest.raises(ValueError, match="does not match the model"):
@@ -288,6 +289,32 @@ def test_bad_input_is_a_clear_error(exported, tmp_path):
                       "model.ch": 64})
     with pytest.raises(ValueError, match="model.ch"):
         run(wide, str(tmp_path), "sample")
+
+
+def test_format_1_files_still_load(exported, tmp_path):
+    """A ``bidm_jax.packed/1`` file (one plane without the plane axis, no plane facts) loads
+    into the same packed model values as the ``/2`` file it was made from."""
+    work, c, _, _, _, _ = exported
+    path = os.path.join(work, "export", "packed.npz")
+    params, stored, meta = export.read_packed(path)
+    old_meta = {**meta, "format": "bidm_jax.packed/1"}
+    old = {}
+    for n, v in params.items():
+        base, leaf = n.rsplit(".", 1)
+        packed_leaf = leaf in ("kernel_bits", "kernel_scale")
+        old[n] = v[0] if base in meta["packed_layers"] and packed_leaf else v
+    for info in old_meta["packed_layers"].values():
+        info.pop("planes")
+    old_path = str(tmp_path / "v1.npz")
+    np.savez(old_path, **old, **{export.CONFIG_KEY: export._json_bytes(stored),
+                                 export.META_KEY: export._json_bytes(old_meta)})
+    c = copy.deepcopy(c)
+    c.export.kernel = "xla"
+    *_, new_values = export.packed_sampling_model(c, path)
+    *_, old_values = export.packed_sampling_model(c, old_path)
+    assert sorted(new_values) == sorted(old_values)
+    for n in new_values:
+        np.testing.assert_array_equal(old_values[n], new_values[n], err_msg=n)
 
 
 def test_cli_export_without_checkpoint_exits_cleanly(tmp_path):

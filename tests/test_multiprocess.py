@@ -7,13 +7,11 @@ import subprocess
 import sys
 
 import numpy as np
-from flax import nnx
 
+from bidm_jax import build
 from bidm_jax.data.pipeline import BatchSource, load_images
-from bidm_jax.models import build_unet
-from bidm_jax.models.functional import Functional
-from bidm_jax.train import Loop, teacher_loss_fn
-from tests.conftest import ROOT, tiny_config
+from bidm_jax.training.loop import Loop
+from tests.conftest import ROOT, resolved, tiny_config
 
 
 def free_port() -> int:
@@ -43,8 +41,10 @@ def test_two_processes_train_identically(tmp_path):
     cfg.train.num_steps = 3
     cfg.ckpt.save_every = 3
     cfg.train.adam_eps = 1e-2  # Adam's g/|g| would amplify reduction-order noise (test_train)
-    fm = Functional(build_unet(cfg.model, rngs=nnx.Rngs(cfg.seed)))
-    loop = Loop(cfg, str(tmp_path / "single"), fm, fm.params, teacher_loss_fn(fm, cfg))
+    cfg = resolved(cfg, "train")
+    trainable = build.teacher_trainable(cfg)
+    fm = trainable.fm
+    loop = Loop(cfg, str(tmp_path / "single"), trainable)
     loop.run(BatchSource(load_images(cfg.data), cfg.train.batch_size, cfg.seed, True))
     single = loop.params(ema=False)
     loop.close()

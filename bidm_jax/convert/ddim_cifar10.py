@@ -85,11 +85,9 @@ def read_torch_checkpoint(path: str) -> dict:
 
 def convert_file(ckpt: str, out: str, model_config=None, *, check_md5: bool = True) -> dict:
     """Converts ``ckpt`` and writes a project checkpoint to ``out``; returns info."""
-    from flax import nnx
-
-    from bidm_jax import checkpoint
-    from bidm_jax.models import build_unet
-    from bidm_jax.models.functional import Functional, check_shapes
+    from bidm_jax.build import fp_graph
+    from bidm_jax.models.functional import check_shapes
+    from bidm_jax.training import checkpoint
 
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(
@@ -102,8 +100,7 @@ def convert_file(ckpt: str, out: str, model_config=None, *, check_md5: bool = Tr
                          f"{KNOWN_MD5}; pass --no-check-md5 to convert it anyway")
     params = convert_state_dict(read_torch_checkpoint(ckpt))
     model_config = model_config if model_config is not None else default_model_config()
-    fm = Functional(nnx.eval_shape(lambda: build_unet(model_config, rngs=nnx.Rngs(0))))
-    check_shapes(fm.shapes(), params, f"converted {ckpt}")
+    check_shapes(fp_graph(model_config).shapes(), params, f"converted {ckpt}")
     meta = {"source": os.path.basename(ckpt), "md5": digest,
             "variant": KNOWN_MD5.get(digest, "unknown"), "tensors": len(params)}
     checkpoint.write_params(out, params, meta=meta)

@@ -1,7 +1,8 @@
 """The ``distill`` config section: teacher, distillation loss and BiDM's TBS connection
 (methods.md §2.5–2.8, §9), and its resolution against ``quant.method`` and ``faithful_to``.
 
-Fields left at ``None`` (or ``"auto"``) are filled by :func:`resolve_distill_config`:
+Fields left at ``None`` (or ``"auto"``) are filled once at start-up
+(:func:`bidm_jax.configlib.resolve_config`, through :func:`resolve_distill`):
 
 * ``faithful_to='paper'`` (default): BiDM paper's CIFAR-10 values, lr 6e-5, λ 3e-2, α_init 0.3;
   ``faithful_to='code'``: the released CIFAR code's values, lr 1e-4, λ 1e-2, α_init 0.0.
@@ -10,13 +11,11 @@ Fields left at ``None`` (or ``"auto"``) are filled by :func:`resolve_distill_con
   ``distill.num_steps`` / ``distill.batch_size`` (when set) replace ``train.num_steps`` /
   ``train.batch_size``, so one config can describe
   a teacher run and a student run (the quickstart does).
-* ``tbs=None`` → on for ``quant.method='bidm'`` only; ``loss='auto'`` → ``spd`` for bidm,
-  ``none`` for every other method (the baselines of BiDM Tables 1–2 have neither). Set them
-  explicitly for the ablations (XNOR+TBS: ``tbs=True``; XNOR+SPD: ``loss='spd'``).
+* ``tbs=None`` / ``loss='auto'`` → the method's ``distill_defaults`` (bidm: TBS on, SPD),
+  else off / ``none`` (the baselines of BiDM Tables 1–2 have neither). Set them explicitly
+  for the ablations (XNOR+TBS: ``tbs=True``; XNOR+SPD: ``loss='spd'``).
 """
 from __future__ import annotations
-
-import copy
 
 import ml_collections
 from ml_collections import config_dict
@@ -76,27 +75,30 @@ def validate_distill_config(c) -> None:
         raise ValueError(f"distill.tbs={c.tbs!r} must be True, False or None (auto)")
 
 
-def resolve_distill_config(config) -> ml_collections.ConfigDict:
-    """A copy of the full ``config`` with every automatic ``distill`` field decided:
-    ``lr``, ``spd_lambda``, ``tbs_init`` from ``FAITHFUL_VALUES[faithful_to]`` unless set,
-    ``tbs`` and ``loss`` from ``quant.method``; ``train.lr`` = the resolved ``distill.lr``
-    and ``train.num_steps`` / ``train.batch_size`` = ``distill.num_steps`` / ``batch_size``
-    when set."""
-    validate_distill_config(config.distill)
-    out = copy.deepcopy(config)
-    with out.unlocked():
-        d, table = out.distill, FAITHFUL_VALUES[out.distill.faithful_to]
-        for field in ("lr", "spd_lambda", "tbs_init"):
-            if d[field] is None:
-                d[field] = float(table[field])
-        is_bidm = out.quant.method == "bidm"
-        if d.tbs is None:
-            d.tbs = is_bidm
-        if d.loss == "auto":
-            d.loss = "spd" if is_bidm else "none"
-        out.train.lr = float(d.lr)
-        if d.num_steps is not None:
-            out.train.num_steps = int(d.num_steps)
-        if d.batch_size is not None:
-            out.train.batch_size = int(d.batch_size)
-    return out
+def resolve_distill(config, method) -> None:
+    """Decides every automatic ``distill`` field of the (unlocked) full ``config`` in place:
+    ``lr``, ``spd_lambda``, ``tbs_init`` from ``FAITHFUL_VALUES[faithful_to]`` (with the
+    method's changes) unless set; ``tbs`` and ``loss`` from the method's defaults, else off
+    (the baselines of BiDM Tables 1–2 have neither)."""
+    d = config.distill
+    table = {**FAITHFUL_VALUES[d.faithful_to], **method.faithful(d.faithful_to)}
+    for field in ("lr", "spd_lambda", "tbs_init"):
+        if d[field] is None:
+            d[field] = float(table[field])
+    method.resolve(config)
+    if d.tbs is None:
+        d.tbs = False
+    if d.loss == "auto":
+        d.loss = "none"
+
+
+def apply_distill_training(config) -> None:
+    """In ``--mode distill``: ``train.lr`` = the resolved ``distill.lr``, and
+    ``train.num_steps`` / ``train.batch_size`` = ``distill.num_steps`` / ``batch_size`` when
+    set (in place, unlocked config)."""
+    d = config.distill
+    config.train.lr = float(d.lr)
+    if d.num_steps is not None:
+        config.train.num_steps = int(d.num_steps)
+    if d.batch_size is not None:
+        config.train.batch_size = int(d.batch_size)

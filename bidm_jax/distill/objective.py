@@ -3,9 +3,12 @@
     L = ε-loss(student(x_t, t), ε) + λ · D(student features, teacher features)
 
 D is SPD (BiDM), plain L2, or absent; features are the student's tap outputs *after* TBS
-mixing and the frozen FP teacher's at the same (x_t, t). With TBS on, the cache comes from a
-stop-gradient student pass at (x_{t+1}, t+1) (t+1 clipped to T−1) with the same x0 and ε,
-dropout on, no mixing (BiDM ddpm_ours.py ``p_losses``).
+mixing and the frozen FP teacher's at the same (x_t, t) (the tap names are the model
+family's ``spd_features``). With TBS on, the cache comes from a stop-gradient student pass at
+(x_{t+1}, t+1) (t+1 clipped to T−1) with the same x0 and ε, dropout on, no mixing (BiDM
+ddpm_ours.py ``p_losses``). The method's step hook sets its auxiliary state before the
+forward (ReSTE's o); the main pass may advance running statistics, returned as the new
+auxiliary state.
 """
 from __future__ import annotations
 
@@ -14,67 +17,49 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from bidm_jax.diffusion import losses as dlosses
 from bidm_jax.diffusion import schedules
 from bidm_jax.distill import tbs as tbs_lib
 from bidm_jax.distill.losses import total_loss
-from bidm_jax.models.functional import Functional
-from bidm_jax.quant import reste_o_schedule, with_reste_o
+from bidm_jax.methods import CalibrationContext
+from bidm_jax.models.functional import Functional, aux_mode
 
 
-def spd_feature_names(model) -> list[str]:
-    """The features BiDM's CIFAR code hooks for SPD (methods.md §2.5 CIFAR list), for any
-    level count L: ``down.{i}.downsample`` (i < L−1), the conv2 of the last down block,
-    ``mid.block_2.conv2`` and ``up.{i}.upsample`` (i = L−1 … 1). DDIM CIFAR-10: the 8 outputs
-    down.{0,1,2}.downsample.conv, down.3.block.1.conv2, mid.block_2.conv2, up.{3,2,1}.upsample."""
-    last = model.num_levels - 1
-    names = [f"down.{i}.downsample" for i in range(last)]
-    names.append(f"down.{last}.block.{model.num_res_blocks - 1}.conv2")
-    names.append("mid.block_2.conv2")
-    names += [f"up.{i}.upsample" for i in range(last, 0, -1)]
-    return names
+def _noised(config, x0, key):
+    """(x_t, t, ε) at uniform timesteps (antithetic per ``diffusion.antithetic``)."""
+    dcfg = config.diffusion
+    abar = np.asarray(schedules.from_config(dcfg), np.float32)
+    k_t, k_n = jax.random.split(key)
+    t = dlosses.sample_timesteps(k_t, x0.shape[0], dcfg.num_timesteps, dcfg.antithetic)
+    noise = jax.random.normal(k_n, x0.shape, x0.dtype)
+    return dlosses.q_sample(x0, t, noise, abar), t, noise
 
 
-def student_module(fm: Functional, params: dict, reste_o=None) -> nnx.Module:
-    """``fm.module(params)``, with ReSTE's o set to ``reste_o`` (a traced scalar) when given:
-    o lives outside the Params (``ReSTEPower``), so it is replaced in the constant state."""
-    if reste_o is None:
-        return fm.module(params)
-    state = nnx.from_flat_state([(k, nnx.Param(params[n])) for k, n in zip(fm.paths, fm.names)])
-    return nnx.merge(fm.graphdef, state, with_reste_o(fm.rest, reste_o))
+def make_loss_fn(config, method, student_fm: Functional, teacher_fm: Functional,
+                 teacher_params: dict, *, topology: tbs_lib.Topology | None,
+                 feature_names: list[str]) -> Callable:
+    """``loss_fn(params, aux, x0, key, step) -> (loss, (metrics, aux))`` for the training loop.
 
-
-def has_reste(fm: Functional) -> bool:
-    from bidm_jax.quant.layers import ReSTEPower
-    leaves = jax.tree_util.tree_leaves(fm.rest, is_leaf=lambda v: isinstance(v, nnx.Variable))
-    return any(isinstance(v, ReSTEPower) for v in leaves)
-
-
-def make_loss_fn(config, student_fm: Functional, teacher_fm: Functional, teacher_params: dict,
-                 *, topology: tbs_lib.Topology | None, feature_names: list[str]) -> Callable:
-    """``loss_fn(params, x0, key, step) -> (loss, metrics)`` for :class:`bidm_jax.train.Loop`.
-
-    config: resolved (``resolve_distill_config``). x0: (B, H, W, C) in [−1, 1].
-    teacher_params: the frozen FP teacher (closed over; never differentiated).
-    metrics: noise_loss, distill_loss (unweighted) and, with TBS, tbs_coef_mean.
+    config: resolved (``configlib.resolve_config``). x0: (B, H, W, C) in [−1, 1].
+    method: the registered method (its ``step_aux`` hook). teacher_params: the frozen FP
+    teacher (closed over; never differentiated). metrics: noise_loss, distill_loss
+    (unweighted) and, with TBS, tbs_coef_mean.
     """
     dcfg, dist = config.diffusion, config.distill
     abar = np.asarray(schedules.from_config(dcfg), np.float32)
     T = dcfg.num_timesteps
     use_dropout = config.model.dropout > 0
     needs_teacher = dist.loss != "none"
-    reste = has_reste(student_fm)
     total_steps = max(int(config.train.num_steps), 1)
 
-    def loss_fn(params, x0, key, step):
+    def loss_fn(params, aux, x0, key, step):
         k_t, k_n, k_d, k_c = jax.random.split(key, 4)
         t = dlosses.sample_timesteps(k_t, x0.shape[0], T, dcfg.antithetic)
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = dlosses.q_sample(x0, t, noise, abar)
-        o = reste_o_schedule(step / total_steps, config.quant.reste_o_end) if reste else None
-        module = student_module(student_fm, params, o)
+        aux = method.step_aux(aux, step / total_steps, config)
+        module = student_fm.module(params, aux)
         feats_s: dict = {}
         metrics = {}
         if topology is not None:
@@ -83,12 +68,15 @@ def make_loss_fn(config, student_fm: Functional, teacher_fm: Functional, teacher
             _, cache = tbs_lib.tbs_apply(module, topology, x_t1, t1, None,
                                          dropout_rng=k_c if use_dropout else None)
             cache = jax.lax.stop_gradient(cache)
-            eps, _ = tbs_lib.tbs_apply(module, topology, x_t, t, cache,
-                                       dropout_rng=k_d if use_dropout else None, features=feats_s)
+            with aux_mode("train"):
+                eps, _ = tbs_lib.tbs_apply(module, topology, x_t, t, cache,
+                                           dropout_rng=k_d if use_dropout else None,
+                                           features=feats_s)
             metrics["tbs_coef_mean"] = jnp.mean(params[tbs_lib.TABLE_NAME])
         else:
-            eps, _ = module(x_t, t, None, dropout_rng=k_d if use_dropout else None,
-                            features=feats_s)
+            with aux_mode("train"):
+                eps, _ = module(x_t, t, None, dropout_rng=k_d if use_dropout else None,
+                                features=feats_s)
         s_feats, t_feats = [], []
         if needs_teacher:
             feats_t: dict = {}
@@ -99,18 +87,45 @@ def make_loss_fn(config, student_fm: Functional, teacher_fm: Functional, teacher
                                  weight=float(dist.spd_lambda), patches=int(dist.spd_patches),
                                  spd_form=dist.spd_form, reduction=dcfg.loss_reduction)
         metrics.update(noise_loss=parts["noise"], distill_loss=parts["distill"])
-        return loss, metrics
+        return loss, (metrics, jax.lax.stop_gradient(student_fm.aux_of(module)))
 
     return loss_fn
 
 
-def make_sample_fns(student_fm: Functional, topology: tbs_lib.Topology | None, shapes: dict):
-    """(sample_model_fn, carry_init) for :class:`bidm_jax.train.Loop` / ``make_sampler``.
-    Without TBS: the plain model and no carry."""
-    if topology is None:
-        return (lambda params, x, t, carry: student_fm(params, x, t, carry)), None
+def make_calibrate_fn(config, method, student_fm: Functional, teacher_fm: Functional | None,
+                      teacher_params: dict | None) -> Callable:
+    """``calibrate_fn(params, aux, x0, key) -> (params, aux)``: the method's calibration on
+    one real batch x0 (B, H, W, C), noised at uniform timesteps, through a
+    :class:`~bidm_jax.methods.CalibrationContext`."""
 
-    def model_fn(params, x, t, carry):
-        return tbs_lib.tbs_apply(student_fm.module(params), topology, x, t, carry)
+    def calibrate_fn(params, aux, x0, key):
+        x_t, t, _ = _noised(config, x0, key)
+
+        def forward(p, a):
+            module = student_fm.module(p, a)
+            with aux_mode("calibrate"):
+                module(x_t, t, None)
+            return student_fm.params_of(module), student_fm.aux_of(module)
+
+        def teacher_features():
+            feats: dict = {}
+            teacher_fm(teacher_params, x_t, t, None, features=feats)
+            return feats
+
+        ctx = CalibrationContext(forward=forward,
+                                 teacher_features=teacher_features if teacher_fm else None)
+        return method.calibrate(ctx, params, aux)
+
+    return calibrate_fn
+
+
+def make_sample_fns(student_fm: Functional, topology: tbs_lib.Topology | None, shapes: dict):
+    """(sample_model_fn, carry_init) for the loop / ``make_sampler``: values are the
+    student's parameters and auxiliary state. Without TBS: the plain model and no carry."""
+    if topology is None:
+        return (lambda values, x, t, carry: student_fm(values, x, t, carry)), None
+
+    def model_fn(values, x, t, carry):
+        return tbs_lib.tbs_apply(student_fm.module(values), topology, x, t, carry)
 
     return model_fn, (lambda x_T: tbs_lib.init_carry(shapes, x_T.shape[0]))

@@ -1,4 +1,4 @@
-"""BiDM's cross-timestep connection (TBS part 2, methods.md §2.5) for the DDIM UNet.
+"""BiDM's cross-timestep connection (TBS part 2, methods.md §2.5).
 
 A feature h at a mixing point is blended with a cached feature of the previous call:
 
@@ -7,7 +7,8 @@ A feature h at a mixing point is blended with a cached feature of the previous c
 with a learnable coefficient table (``n_rows × n_columns``, rows ⌊t/10⌋, an ``nnx.Param``
 attached to the student as ``tbs.coefficients``, so it trains, EMAs and checkpoints).
 
-Topologies (``distill.tbs_topology``):
+Topologies (``distill.tbs_topology``) are the model family's (``Family.tbs_mix``); for the
+DDIM UNet (:mod:`bidm_jax.models.ddim_family`):
 
 * ``code`` (BiDM's released CIFAR code): only up-level 1 mixes, one column. Each of its block
   outputs (its attention outputs when the level has attention) mixes with the previous call's
@@ -41,7 +42,7 @@ class Topology:
     """Which tap points mix with which cached feature.
 
     mix: ((point, source, column), ...) in execution order; point and source are tap names of
-    ``DDIMUNet.__call__``. ``sources`` are the features the carry holds.
+    the model's ``__call__``. ``sources`` are the features the carry holds.
     """
 
     kind: str
@@ -57,49 +58,11 @@ class Topology:
         return tuple(dict.fromkeys(s for _, s, _ in self.mix))
 
 
-def _block_output(model, i: int, j: int) -> str:
-    return f"up.{i}.attn.{j}" if len(model.up[i].attn) else f"up.{i}.block.{j}"
-
-
-def up_block_outputs(model) -> list[str]:
-    """Tap names of the up path's block outputs in execution order (the LDM output_blocks:
-    block j of level i ends with its attention, and the last block of a level i > 0 with the
-    level's upsample)."""
-    names = []
-    for i in reversed(range(model.num_levels)):
-        for j in range(model.num_res_blocks + 1):
-            last = j == model.num_res_blocks and i != 0
-            names.append(f"up.{i}.upsample" if last else _block_output(model, i, j))
-    return names
-
-
-def code_topology(model) -> Topology:
-    """BiDM CIFAR code wiring (methods.md §2.5 CIFAR list), generalised to any level count."""
-    if model.num_levels < 2:
-        raise ValueError("the code TBS topology mixes up-level 1; the UNet needs >= 2 levels "
-                         f"(model.ch_mult has {model.num_levels})")
-    level_input = "up.2.upsample" if model.num_levels > 2 else "mid.block_2"
-    mix = [(_block_output(model, 1, j), level_input, 0) for j in range(model.num_res_blocks + 1)]
-    mix.append(("up.1.upsample", "up.1.upsample", 0))
-    return Topology("code", tuple(mix), 1)
-
-
-def paper_topology(model, n: int = 2) -> Topology:
-    """The last ``n`` up-path block outputs, each mixing with its own previous output
-    (BiDM App. A: n = 2 for CIFAR, 8 for LDM)."""
-    outs = up_block_outputs(model)
-    if not 1 <= n <= len(outs):
-        raise ValueError(f"distill.tbs_last_n={n} must be in [1, {len(outs)}] for this UNet")
-    return Topology("paper", tuple((p, p, k) for k, p in enumerate(outs[-n:])), n)
-
-
-def make_topology(model, kind: str, last_n: int = 2) -> Topology:
-    """``kind`` 'code' or 'paper' (``distill.tbs_topology``)."""
-    if kind == "code":
-        return code_topology(model)
-    if kind == "paper":
-        return paper_topology(model, last_n)
-    raise ValueError(f"distill.tbs_topology={kind!r} is invalid; valid choices: code, paper")
+def make_topology(family, model, kind: str, last_n: int = 2) -> Topology:
+    """The mixing points of ``family`` (its ``tbs_mix``) for ``kind`` 'code' or 'paper'
+    (``distill.tbs_topology``) on ``model``."""
+    mix, n_columns = family.tbs_mix(model, kind, last_n)
+    return Topology(kind, tuple(tuple(m) for m in mix), n_columns)
 
 
 class TBSCoefficients(nnx.Module):

@@ -1,4 +1,11 @@
-"""Binary convolution from packed weights (BiDM BNNConv2d, methods.md §2.2–2.4).
+"""Binary convolution from packed weights (BiDM BNNConv2d, methods.md §2.2–2.4): a reference.
+
+This module composes the two Pallas paths into a whole BiDM binary conv, the XNOR-popcount
+path included, and is what the kernel tests and ``benchmarks/kernels.py`` exercise. It is a
+kernel-level reference, not the layer the product runs: packed students execute through
+:mod:`bidm_jax.quant.packed` (``conv_plane``: XLA's int8 conv, or :func:`im2col` + the
+``packed_matmul`` kernel, any method's epilogue), which shares :func:`im2col` and the word
+layout (:func:`default_group_words`) with this module.
 
     y = (sign(x + τ) ⊛ α·sign(W)) ⊙ K  +  s · shortcut(x),     K = kconv(mean_c |x|) + b_k
 
@@ -108,7 +115,7 @@ def _norm_padding(padding, kernel_size):
     return pads
 
 
-def _patches(xp, kernel_size, stride, out_hw):
+def im2col(xp, kernel_size, stride, out_hw):
     """(B, Hp, Wp, C) padded input -> (B·Ho·Wo, kh·kw·C) with k = (dy, dx, c)."""
     b, _, _, c = xp.shape
     ho, wo = out_hw
@@ -207,14 +214,14 @@ def binary_conv2d(
     full_pads = ((0, 0), pads[0], pads[1], (0, 0))
     if path == "mxu":
         xb = jnp.pad(jnp.sign(x + tau).astype(jnp.int8), full_pads)
-        out = packed_matmul(_patches(xb, packed.kernel_size, stride, (ho, wo)), packed.words, k, g,
+        out = packed_matmul(im2col(xb, packed.kernel_size, stride, (ho, wo)), packed.words, k, g,
                             row_scale, packed.alpha, backend=backend, interpret=interpret, **kernel_kwargs)
     else:
         # Padded taps hold +1 here (value 0 packs as bit 0); the mask bit says they are not real.
         xs = jnp.pad(x + tau, full_pads)
-        a_words = pack_signs(_patches(xs, packed.kernel_size, stride, (ho, wo)), axis=1, group_words=g)
+        a_words = pack_signs(im2col(xs, packed.kernel_size, stride, (ho, wo)), axis=1, group_words=g)
         ones = jnp.pad(jnp.full((1, h, w, 1), -1.0), full_pads)
-        valid = _patches(jnp.broadcast_to(ones, (1, h + sum(pads[0]), w + sum(pads[1]), cin)),
+        valid = im2col(jnp.broadcast_to(ones, (1, h + sum(pads[0]), w + sum(pads[1]), cin)),
                          packed.kernel_size, stride, (ho, wo))
         mask = jnp.tile(pack_signs(valid, axis=1, group_words=g), (b, 1))
         if a_words.shape[1] != num_words(k, g):

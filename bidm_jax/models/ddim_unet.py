@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bidm_jax.models.layers import FPFactory
+from bidm_jax.models.layers import FPFactory, attention
 
 GN_EPS = 1e-6  # ermongroup/pesser GroupNorm epsilon (methods.md §1.1)
 
@@ -92,6 +92,7 @@ class AttnBlock(nnx.Module):
         self.k = factory.conv(f"{path}.k", ch, ch, 1, rngs=rngs)
         self.v = factory.conv(f"{path}.v", ch, ch, 1, rngs=rngs)
         self.proj_out = factory.conv(f"{path}.proj_out", ch, ch, 1, rngs=rngs)
+        self.operands = factory.attention(path, ch, rngs=rngs)  # None unless quantized
 
     def __call__(self, x):
         b, hh, ww, c = x.shape
@@ -99,10 +100,7 @@ class AttnBlock(nnx.Module):
         q = self.q(h).reshape(b, hh * ww, c)
         k = self.k(h).reshape(b, hh * ww, c)
         v = self.v(h).reshape(b, hh * ww, c)
-        # weights[b, i, j] = softmax_j(q_i · k_j / sqrt(C)); softmax in float32 for stability.
-        w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (c ** -0.5)
-        w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
-        h = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hh, ww, c)
+        h = attention(q, k, v, self.operands).reshape(b, hh, ww, c)
         return x + self.proj_out(h)
 
 

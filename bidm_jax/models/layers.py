@@ -10,6 +10,9 @@ Contract (every factory implements it):
       -> module called as ``y = layer(x)``, x NHWC; ``padding`` is a symmetric integer pad as
       in PyTorch (the Downsample conv uses 0 and the model pads (0,1,0,1) itself).
   ``dense(path, in_features, out_features, *, rngs)`` -> module, x (B, F).
+  ``attention(path, channels, *, rngs)`` -> None, or a module ``ops(operand, x) -> x`` applied
+      to the attention operands 'q', 'k', 'weights' (after the softmax) and 'v' (a method's
+      activation quantizers there; see :func:`attention`).
 Parameters are named ``kernel`` ((kh, kw, I, O) or (I, O)) and ``bias`` (O,).
 """
 from __future__ import annotations
@@ -59,3 +62,20 @@ class FPFactory:
         init = torch_uniform(in_features)
         return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init,
                           dtype=self.dtype, rngs=rngs)
+
+    def attention(self, path: str, channels: int, *, rngs: nnx.Rngs):
+        return None  # FP attention: no operand hook
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, ops=None) -> jax.Array:
+    """softmax(q·kᵀ/√C)·v for q, k, v (B, N, C) -> (B, N, C); the softmax in float32.
+
+    ops(operand, x) (the factory's attention hook, may be None) sees q and k before their
+    product, the softmax weights (B, N, N) and v before theirs."""
+    if ops is not None:
+        q, k, v = ops("q", q), ops("k", k), ops("v", v)
+    w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
+    if ops is not None:
+        w = ops("weights", w)
+    return jnp.einsum("bij,bjc->bic", w, v)

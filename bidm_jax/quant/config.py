@@ -2,21 +2,18 @@
 
 Defaults follow the spec's suggestion column: BiDM's released code where the spec says
 "code", the BiDM CIFAR code's shortcut scale (no abs, init 0.0). Override per experiment,
-e.g. ``--config.quant.method=xnor`` or ``--config.quant.shortcut_abs=True``.
+e.g. ``--config.quant.method=xnor`` or ``--config.quant.shortcut_abs=True``. The method
+name is checked against the method registry (:mod:`bidm_jax.methods`) at start-up.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-__all__ = ["get_quant_config", "validate_quant_config", "METHODS", "CHOICES",
-           "DEFAULT_FP_LAYERS", "DEFAULT_BINARY_LAYERS"]
-
-METHODS = ("bidm", "xnor", "xnor++", "dorefa", "reactnet", "reste", "bbcu", "fp")
+__all__ = ["get_quant_config", "validate_quant_config", "CHOICES"]
 
 # Valid values of the string flags.
 CHOICES = {
-    "method": METHODS,
     "weight_scale": ("detached", "learnable"),
     "xnor_weight_grad": ("ste", "exact"),
     "kconv_bias": ("code", "none"),
@@ -27,27 +24,11 @@ CHOICES = {
     "binary_bias": ("drop", "keep"),
 }
 
-# Layers kept full precision (fnmatch patterns on the official state-dict names), checked
-# before DEFAULT_BINARY_LAYERS. DDIM CIFAR (methods.md §2.1): time MLP, conv_in, conv_out,
-# nin_shortcut. LDM names (§2.1 LDM list) are included so one policy covers both UNets.
-DEFAULT_FP_LAYERS = (
-    "temb.dense.*", "conv_in", "conv_out", "*.nin_shortcut",
-    "time_embed.*", "input_blocks.0.0", "out.2", "*.skip_connection",
-)
-
-# Binarized layers: DDIM ResBlock conv1/conv2/temb_proj, attention q/k/v/proj_out,
-# down/upsample convs; LDM in_layers.2, out_layers.3, emb_layers.1, qkv, proj_out, op, conv.
-DEFAULT_BINARY_LAYERS = (
-    "*.conv1", "*.conv2", "*.temb_proj", "*.q", "*.k", "*.v", "*.proj_out",
-    "*.downsample.conv", "*.upsample.conv",
-    "*.in_layers.2", "*.out_layers.3", "*.emb_layers.1", "*.qkv", "*.op", "output_blocks.*.conv",
-)
-
 
 def get_quant_config() -> ml_collections.ConfigDict:
     """Default ``quant`` section. See docs/quantization.md for every field."""
     c = ml_collections.ConfigDict()
-    c.method = "bidm"
+    c.method = "bidm"            # a registered method (bidm_jax.methods)
     # BiDM/ReActNet/BBCU weight scale: 'detached' per-channel mean|W| (code, §2.2) or
     # 'learnable' sigma initialised to mean|W| (BiDM paper Eq. 6).
     c.weight_scale = "detached"
@@ -57,16 +38,16 @@ def get_quant_config() -> ml_collections.ConfigDict:
     c.kconv_bias = "code"
     # BiDM dense layers: 'code' forward sign(x) ignores tau (gradients only); 'paper' sign(x+tau).
     c.linear_tau = "code"
-    # Per-conv shortcut (§2.4): 'auto' = method default (bidm/xnor 'scaled', reactnet/bbcu
-    # 'unit', others 'none'); 'scaled' = y + s·shortcut(x) with learnable s;
+    # Per-conv shortcut (§2.4): 'auto' = the method's recipe (bidm/xnor 'scaled',
+    # reactnet/bbcu 'unit', others 'none'); 'scaled' = y + s·shortcut(x) with learnable s;
     # 'unit' = y + shortcut(x).
     c.shortcut = "auto"
-    # Input scale map K of binary convs: 'auto' = method default (bidm 'kconv', xnor 'box',
-    # xnor++ its Gamma, others 'none'); 'none' | 'box' (XNOR-Net's fixed 1/k² box on
+    # Input scale map K of binary convs: 'auto' = the method's recipe (bidm 'kconv', xnor
+    # 'box', xnor++ its Gamma, others 'none'); 'none' | 'box' (XNOR-Net's fixed 1/k² box on
     # mean_c|x|) | 'kconv' (BiDM's learnable k-conv) override it, e.g. to ablate K.
     c.input_scale = "auto"
-    # RPReLU after each binary conv: 'auto' = method default (reactnet 'post_residual', bbcu
-    # 'pre_residual', others 'none'); an explicit value overrides it, e.g. to ablate it.
+    # RPReLU after each binary conv: 'auto' = the method's recipe (reactnet 'post_residual',
+    # bbcu 'pre_residual', others 'none'); an explicit value overrides it, e.g. to ablate it.
     c.rprelu = "auto"
     c.shortcut_scale_init = 0.0  # CIFAR code 0.0; LDM code 0.3
     c.shortcut_abs = False  # CIFAR code False; LDM code True (|s|)
@@ -75,17 +56,20 @@ def get_quant_config() -> ml_collections.ConfigDict:
     c.reste_threshold = 1.5
     # Binary layers drop the conv/linear bias (§2.2, code); 'keep' adds it back.
     c.binary_bias = "drop"
-    c.fp_layers = DEFAULT_FP_LAYERS
-    c.binary_layers = DEFAULT_BINARY_LAYERS
+    # Layers kept FP / binarized: fnmatch patterns on the layer paths (official state-dict
+    # names), FP checked first. Empty = the model family's (bidm_jax.models), filled in at
+    # start-up; a path matching neither list is an error.
+    c.fp_layers = ()
+    c.binary_layers = ()
     return c
 
 
 def validate_quant_config(cfg) -> None:
     """Raise ValueError naming the field and the valid choices for any bad value."""
+    from bidm_jax.methods import get_method
+
+    method = get_method(cfg.method)  # unknown names list the registered methods
     for field, valid in CHOICES.items():
-        if field not in cfg:
-            raise ValueError(f"quant config is missing field {field!r}; "
-                             f"valid choices: {list(valid)}")
         if cfg[field] not in valid:
             raise ValueError(f"quant.{field}={cfg[field]!r} is not valid; "
                              f"choose one of {list(valid)}")
@@ -101,3 +85,4 @@ def validate_quant_config(cfg) -> None:
     float(cfg.shortcut_scale_init)
     if not isinstance(cfg.shortcut_abs, bool):
         raise ValueError(f"quant.shortcut_abs must be True or False, got {cfg.shortcut_abs!r}")
+    method.validate(cfg)

@@ -5,9 +5,13 @@ Contract (shared with ``bidm_jax.models``):
     factory.conv(path, in_features, out_features, kernel_size, *, stride=1, padding=0, rngs)
         -> module, called as y = layer(x) with x NHWC, padding a symmetric int as in PyTorch
     factory.dense(path, in_features, out_features, *, rngs) -> module, x (B, F)
+    factory.attention(path, channels, *, rngs) -> AttentionOperands or None: quantizers on
+        the q, k, softmax-weight and v operands of attention block ``path`` (the method's)
 
 ``path`` is the official state-dict name (methods.md §7.1, e.g. ``down.1.attn.0.q``); the
-``quant`` config's policy decides per path whether the layer is FP or binary and how.
+``quant`` config's method (:mod:`bidm_jax.methods`) decides per path whether the layer is
+FP or binary and how; the config's ``fp_layers`` / ``binary_layers`` patterns must be filled
+(``configlib.resolve_config`` takes them from the model family).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from typing import Mapping
 
 from flax import nnx
 
+# A module reference: the method registry's own modules import quant/ (its quantizers).
+import bidm_jax.methods.base as method_registry
 from bidm_jax.quant.config import get_quant_config, validate_quant_config
+from bidm_jax.quant.extras import AttentionOperands
 from bidm_jax.quant.layers import QConv, QDense
 from bidm_jax.quant.packed import PackedOptions
-from bidm_jax.quant.policy import LayerSpec, resolve_layer
+from bidm_jax.quant.policy import LayerSpec
 
 __all__ = ["QuantFactory", "fp_factory"]
 
@@ -27,7 +34,7 @@ __all__ = ["QuantFactory", "fp_factory"]
 class QuantFactory:
     """Builds FP or binary layers per the ``quant`` config (see docs/quantization.md).
 
-    config: a ``get_quant_config()``-style ConfigDict (None = defaults, method 'bidm').
+    config: a ``get_quant_config()``-style ConfigDict with its layer patterns filled.
     layer_sizes: path -> (H_out, W_out) of each conv, required only by 'xnor++' (its Gamma
     has per-row/column factors); get it from an FP model with
     ``trace.output_sizes(trace.trace_layers(fp_model, (1, H, W, C)))``.
@@ -41,6 +48,11 @@ class QuantFactory:
                  dtype=None, packed: PackedOptions | None = None):
         self.config = get_quant_config() if config is None else config
         validate_quant_config(self.config)
+        if not self.config.fp_layers and not self.config.binary_layers:
+            raise ValueError("quant.fp_layers and quant.binary_layers are empty: resolve the "
+                             "config first (bidm_jax.configlib.resolve_config fills the model "
+                             "family's patterns)")
+        self.method = method_registry.get_method(self.config.method)
         self.dtype = dtype
         self.packed = packed
         self.layer_sizes = dict(layer_sizes or {})
@@ -52,7 +64,7 @@ class QuantFactory:
         if path in self.specs:
             raise ValueError(f"layer path {path!r} was built twice; paths must be unique "
                              "(use a fresh QuantFactory for each model)")
-        spec = resolve_layer(path, self.config)
+        spec = self.method.layer_spec(path, self.config)
         self.specs[path] = spec
         return spec
 
@@ -77,6 +89,11 @@ class QuantFactory:
         return QDense(self._spec(path), in_features, out_features, dtype=self.dtype,
                       packed=self.packed, rngs=rngs)
 
+    def attention(self, path: str, channels: int, *, rngs: nnx.Rngs):
+        """The method's quantizers on the operands of attention block ``path`` (None: none)."""
+        quantizers = self.method.attention_quantizers(path, self.config)
+        return AttentionOperands(path, quantizers) if quantizers else None
+
     @property
     def binary_paths(self) -> list[str]:
         """Paths of the binary layers built so far, in build order."""
@@ -88,4 +105,5 @@ def fp_factory(dtype=None) -> QuantFactory:
     it record their layer shapes for the efficiency summary like quantized ones."""
     cfg = get_quant_config()
     cfg.method = "fp"
+    cfg.fp_layers = ("*",)
     return QuantFactory(cfg, dtype=dtype)

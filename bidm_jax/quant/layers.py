@@ -5,16 +5,18 @@ teacher's parameters load into them unchanged; binary layers add their method's 
 
 * ``tau`` (I,): learnable channel shift before the sign (BiDM ``channel_threshold``,
   ReActNet RSign, BBCU move0), init 0;
-* ``weight_scale`` (O,): learnable sigma (``quant.weight_scale='learnable'``);
+* the variables its quantizers declare (:class:`~bidm_jax.quant.registry.QVar`), e.g.
+  ``weight_scale`` (O,): learnable sigma (``quant.weight_scale='learnable'``);
 * ``kconv``: BiDM's 1→1 conv on mean_c|x| (kernel (k,k,1,1) init 1/k², optional bias);
 * ``xnorpp``: XNOR-Net++ Gamma factors alpha (O,), beta (H_out,), gamma (W_out,);
 * ``shortcut_scale`` (1,) and ``shortcut`` (FP 1×1 conv, only when I != O) (§2.4);
 * ``rprelu``: RPReLU shifts and slopes (O,);
-* ``reste_o``: ReSTE's schedule value o, a :class:`ReSTEPower` (not a Param).
+* ``reste_o``: ReSTE's schedule value o, a :class:`ReSTEPower` (auxiliary state).
 
 Packed form (``packed=PackedOptions(...)``, built by ``QuantFactory(..., packed=...)`` for
 ``--mode export`` checkpoints): a binary layer holds ``kernel_bits`` (sign bits of the kernel,
-int32 words) and ``kernel_scale`` (O,) instead of ``kernel`` (and ``weight_scale``), and no
+int32 words, one plane per basis of the weight quantizer: (P, words, O)) and
+``kernel_scale`` (P, O) instead of ``kernel`` (and the weight quantizer's variables), and no
 ``bias`` unless ``quant.binary_bias='keep'``; its core product runs from the bits
 (:mod:`bidm_jax.quant.packed`) and the epilogue is the same code as the fake-quant layer's.
 
@@ -24,7 +26,6 @@ Inputs are NHWC (conv) or (..., I) (dense). Binary forwards follow methods.md §
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -33,107 +34,13 @@ from flax import nnx
 
 from bidm_jax.quant import binarizers as B
 from bidm_jax.quant import packed as P
-from bidm_jax.quant import registry, trace
+from bidm_jax.quant import trace, variables
+from bidm_jax.quant.extras import (KConv, RPReLU, Shortcut1x1, XnorppScale, _torch_uniform,
+                                   avg_pool)
 from bidm_jax.quant.policy import LayerSpec
+from bidm_jax.quant.registry import ReSTEPower
 
-__all__ = ["ReSTEPower", "RPReLU", "KConv", "XnorppScale", "Shortcut1x1", "QConv", "QDense"]
-
-
-class ReSTEPower(nnx.Variable):
-    """ReSTE's power o (methods.md §5). Not a Param, so optimizers filtered on nnx.Param skip
-    it; the training loop sets it explicitly each step with
-    :func:`bidm_jax.quant.student.with_reste_o` (state) or ``set_reste_o`` (module)."""
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _uniform_pm1(key, n: int) -> jax.Array:
-    return jax.random.uniform(key, (n,), jnp.float32, -1.0, 1.0)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _take(u: jax.Array, shape: tuple, bound) -> jax.Array:
-    return u[:math.prod(shape)].reshape(shape) * bound
-
-
-def _torch_uniform(key, shape, fan_in):
-    """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-
-    The random draw is made at a power-of-two length and sliced, so building a UNet compiles
-    the (slow to compile) threefry kernel once per size bucket instead of once per shape.
-    """
-    n = math.prod(shape)
-    bucket = 1 << max(n - 1, 0).bit_length()
-    return _take(_uniform_pm1(key, bucket), tuple(shape), 1.0 / math.sqrt(fan_in))
-
-
-class RPReLU(nnx.Module):
-    """ReActNet RPReLU: PReLU(x + shift_in) + shift_out, per channel (slope init 0.25)."""
-
-    def __init__(self, channels: int):
-        self.shift_in = nnx.Param(jnp.zeros((channels,), jnp.float32))
-        self.slope = nnx.Param(jnp.full((channels,), 0.25, jnp.float32))
-        self.shift_out = nnx.Param(jnp.zeros((channels,), jnp.float32))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        z = x + self.shift_in[...]
-        return jnp.where(z > 0, z, self.slope[...] * z) + self.shift_out[...]
-
-
-class KConv(nnx.Module):
-    """BiDM's learnable tiny conv k (§2.3 step 3): 1→1 channel, host kernel/stride/padding.
-
-    kernel (k,k,1,1) init 1/k² (XNOR-Net's box); bias (1,) with PyTorch's default init
-    U(-1/k, 1/k) in code mode, absent in paper mode.
-    """
-
-    def __init__(self, kernel_size: int, stride: int, padding: int, use_bias: bool, rngs: nnx.Rngs):
-        k = kernel_size
-        self.stride, self.padding = stride, padding
-        self.kernel = nnx.Param(jnp.full((k, k, 1, 1), 1.0 / (k * k), jnp.float32))
-        self.bias = nnx.Param(_torch_uniform(rngs.params(), (1,), k * k)) if use_bias else None
-
-    def __call__(self, a: jax.Array) -> jax.Array:
-        k = B.conv2d_nhwc(a, self.kernel[...].astype(a.dtype), self.stride, self.padding)
-        return k if self.bias is None else k + self.bias[...].astype(a.dtype)
-
-
-class XnorppScale(nnx.Module):
-    """XNOR-Net++ Gamma = alpha ⊗ beta ⊗ gamma (methods.md §5); alpha init mean|W| per
-    output channel (refreshed from loaded weights by ``init_from_kernel``), beta/gamma 1."""
-
-    def __init__(self, alpha: jax.Array, out_hw: tuple[int, int] | None):
-        self.alpha = nnx.Param(alpha)
-        if out_hw is None:  # dense layers: Gamma = alpha only
-            self.beta = self.gamma = None
-        else:
-            self.beta = nnx.Param(jnp.ones((out_hw[0],), jnp.float32))
-            self.gamma = nnx.Param(jnp.ones((out_hw[1],), jnp.float32))
-
-    def __call__(self) -> jax.Array:
-        if self.beta is None:
-            return self.alpha[...]
-        return B.xnorpp_gamma(self.alpha[...], self.beta[...], self.gamma[...])
-
-
-class Shortcut1x1(nnx.Module):
-    """FP 1×1 conv with bias used as shortcut when I != O (BiDM code, §2.4), PyTorch init."""
-
-    def __init__(self, in_features: int, out_features: int, stride: int, rngs: nnx.Rngs):
-        self.stride = stride
-        self.kernel = nnx.Param(_torch_uniform(rngs.params(), (1, 1, in_features, out_features),
-                                               in_features))
-        self.bias = nnx.Param(_torch_uniform(rngs.params(), (out_features,), in_features))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = B.conv2d_nhwc(x, self.kernel[...].astype(x.dtype), self.stride, 0)
-        return y + self.bias[...].astype(x.dtype)
-
-
-def _avg_pool(x: jax.Array, s: int) -> jax.Array:
-    """AvgPool2d(kernel=s, stride=s), floor mode (trailing rows/cols dropped), NHWC."""
-    b, h, w, c = x.shape
-    ho, wo = h // s, w // s
-    return x[:, :ho * s, :wo * s].reshape(b, ho, s, wo, s, c).mean(axis=(2, 4))
+__all__ = ["ReSTEPower", "QConv", "QDense", "quantizers_in"]
 
 
 class _Binary:
@@ -145,8 +52,10 @@ class _Binary:
     def _build_kernel(self, spec: LayerSpec, shape: tuple, fan_in: int,
                       packed: P.PackedOptions | None, rngs: nnx.Rngs):
         """FP ``kernel`` (kh,kw,I,O)/(I,O) and ``bias`` (O,), or, for a packed binary layer,
-        ``kernel_bits`` (num_words(K, g), O) int32 and ``kernel_scale`` (O,); K = prod of all
-        kernel axes but the last. Packed values are placeholders until a checkpoint loads."""
+        ``kernel_bits`` (P, num_words(K, g), O) int32 and ``kernel_scale`` (P, O): P sign
+        planes of the weight quantizer with their scales (W_q = Σ_p scale_p·sign_p);
+        K = prod of all kernel axes but the last. Packed values are placeholders until a
+        checkpoint loads."""
         self.packed = packed if spec.binary else None
         self.kernel_shape = tuple(shape)
         out = shape[-1]
@@ -155,55 +64,51 @@ class _Binary:
             self.bias = nnx.Param(_torch_uniform(rngs.params(), (out,), fan_in))
             return
         k = math.prod(shape[:-1])
+        planes = spec.weight_quantizer.planes
         self.group_words = packed.group_words(k)
-        self.kernel_bits = nnx.Param(jnp.zeros(P.words_shape(k, out, self.group_words),
+        self.kernel_bits = nnx.Param(jnp.zeros((planes,) + P.words_shape(k, out,
+                                                                         self.group_words),
                                                jnp.int32))
-        self.kernel_scale = nnx.Param(jnp.ones((out,), jnp.float32))
+        self.kernel_scale = nnx.Param(jnp.ones((planes, out), jnp.float32))
         # A dropped bias (binary_bias='drop') is dead weight: the packed layer has none.
         self.bias = nnx.Param(jnp.zeros((out,), jnp.float32)) if spec.keep_bias else None
 
     def _build_common(self, spec: LayerSpec, in_features: int):
         if spec.channel_shift:
             self.tau = nnx.Param(jnp.zeros((in_features,), jnp.float32))
-        if spec.weight == "learnable_scale" and self.packed is None:
-            # Packed layers hold sigma as their kernel_scale.
-            self.weight_scale = nnx.Param(B.per_channel_abs_mean(self.kernel[...]))
-        if "reste" in (spec.weight, spec.act):
-            self.reste_o = ReSTEPower(jnp.asarray(1.0, jnp.float32))
+        if self.packed is None:
+            # Packed layers hold the weight quantizer's values in their planes' scales.
+            variables.build(self, spec.weight_quantizer.variables, self.kernel[...],
+                            in_features)
+        variables.build(self, self._act_quantizer(dense=False).variables, None, in_features)
 
-    def _reste_kwargs(self):
-        return {"o": self.reste_o[...], "t": self.spec.reste_threshold}
+    def _act_quantizer(self, dense: bool):
+        name = self.spec.act
+        if self.spec.channel_shift and dense and self.spec.linear_tau == "code":
+            name = "rsign_linear_code"
+        return variables.quantizer(name, "activation")
 
     def _quant_weight(self) -> jax.Array:
-        spec, w = self.spec, self.kernel[...]
-        kw = {}
-        if spec.weight == "learnable_scale":
-            kw["sigma"] = self.weight_scale[...]
-        elif spec.weight == "reste":
-            kw = self._reste_kwargs()
-        return registry.get_quantizer(spec.weight, "weight")(w, **kw)
+        q = self.spec.weight_quantizer
+        return q(self.kernel[...], **variables.kwargs(self, q, self.spec, None))
 
     def _quant_act(self, x: jax.Array, dense: bool) -> jax.Array:
-        spec, name, kw = self.spec, self.spec.act, {}
-        if spec.channel_shift:
+        q = self._act_quantizer(dense)
+        kw = variables.kwargs(self, q, self.spec, x)
+        if self.spec.channel_shift:
             kw["tau"] = self.tau[...].astype(x.dtype)
-            if dense and spec.linear_tau == "code":
-                name = "rsign_linear_code"
-        if name == "reste":
-            kw = self._reste_kwargs()
-        return registry.get_quantizer(name, "activation")(x, **kw)
+        return q(x, **kw)
 
     def init_from_kernel(self) -> None:
-        """Re-derive kernel-based inits (learnable sigma, XNOR-Net++ alpha) from the current
-        kernel; call after loading a teacher's weights (build_student does). No-op when
+        """Re-derive kernel-based inits (a learnable σ, XNOR-Net++ α) from the current
+        kernel; call after loading a teacher's weights (the student build does). No-op when
         packed (no FP kernel)."""
         if self.packed is not None:
             return
-        alpha = B.per_channel_abs_mean(self.kernel[...])
-        if getattr(self, "weight_scale", None) is not None:
-            self.weight_scale[...] = alpha
+        variables.refresh_from_kernel(self, self.spec.weight_quantizer, self.kernel[...],
+                                      self.kernel_shape[-2])
         if getattr(self, "xnorpp", None) is not None:
-            self.xnorpp.alpha[...] = alpha
+            self.xnorpp.alpha[...] = B.per_channel_abs_mean(self.kernel[...])
 
 
 class QConv(_Binary, nnx.Module):
@@ -249,7 +154,7 @@ class QConv(_Binary, nnx.Module):
         if getattr(self, "shortcut", None) is not None:
             sc = self.shortcut(x)
         elif self.stride > 1:
-            sc = _avg_pool(x, self.stride)
+            sc = avg_pool(x, self.stride)
         else:
             sc = x
         if sc.shape != y.shape:
@@ -314,7 +219,7 @@ class QConv(_Binary, nnx.Module):
         sc = getattr(self, "shortcut", None)
         trace.record(trace.LayerRecord(
             path=spec.path, kind="conv", binary=spec.binary,
-            bits_w=spec.bits_w if spec.binary else 32, bits_a=spec.bits_a if spec.binary else 32,
+            bits_w=spec.stored_bits_w, bits_a=spec.bits_a if spec.binary else 32,
             in_shape=tuple(x.shape), out_shape=tuple(y.shape),
             kernel_shape=self.kernel_shape,
             macs=trace.conv_macs(y.shape, self.kernel_shape),
@@ -368,9 +273,27 @@ class QDense(_Binary, nnx.Module):
         if trace.recording():
             trace.record(trace.LayerRecord(
                 path=spec.path, kind="dense", binary=spec.binary,
-                bits_w=spec.bits_w if spec.binary else 32,
+                bits_w=spec.stored_bits_w,
                 bits_a=spec.bits_a if spec.binary else 32,
                 in_shape=tuple(x.shape), out_shape=tuple(y.shape),
                 kernel_shape=self.kernel_shape,
                 macs=math.prod(x.shape[1:-1]) * self.in_features * self.out_features))
         return y
+
+
+def quantizers_in(module: nnx.Module) -> list:
+    """Every registry quantizer the layers of ``module`` use (binary layers' weight and
+    activation quantizers, attention operand quantizers), without repeats."""
+    from bidm_jax.quant.extras import AttentionOperands
+
+    found = {}
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, (QConv, QDense)) and m.spec.binary:
+            qs = [m.spec.weight_quantizer, m._act_quantizer(dense=isinstance(m, QDense))]
+        elif isinstance(m, AttentionOperands):
+            qs = [variables.quantizer(n, "activation") for n in m.names.values()]
+        else:
+            continue
+        for q in qs:
+            found[(q.kind, q.name)] = q
+    return list(found.values())

@@ -11,9 +11,11 @@ equals, up to float summation order,
 
     y = scale · conv_int(int8(x_q), sign bits of W)     (integer accumulation, this module)
 
-A packed layer holds ``kernel_bits``: the sign bits of the (kh·kw·I, O) / (I, O) kernel as
-int32 words along the contraction axis (:func:`bidm_jax.kernels.pack_signs`, bit 1 = −1)
-and ``kernel_scale`` (O,): the scale above. The method's epilogue (K map, Γ, bias, RPReLU,
+A packed layer holds ``kernel_bits``: P sign planes of the (kh·kw·I, O) / (I, O) kernel as
+int32 words along the contraction axis (:func:`bidm_jax.kernels.pack_signs`, bit 1 = −1),
+(P, words, O), and ``kernel_scale`` (P, O): W_q = Σ_p scale_p · sign_p. Single-basis
+quantizers have P = 1 (the scale above); a two-basis binarizer (e.g. σ_I·sign(W) +
+σ_II·sign(W − σ_I·sign W)) has P = 2, its quantizer's ``plane_fn`` saying how to split. The method's epilogue (K map, Γ, bias, RPReLU,
 shortcut) is the fake-quant layer's own code (``QConv._epilogue``).
 
 Two executions (``export.kernel``):
@@ -42,12 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bidm_jax.kernels.conv import _patches, default_group_words
+from bidm_jax.kernels.conv import default_group_words, im2col
 from bidm_jax.kernels.packed_matmul import packed_matmul
 from bidm_jax.kernels.packing import num_words, unpack_signs
 
 __all__ = ["KERNELS", "PALLAS_BACKENDS", "PackedOptions", "conv_core", "dense_core",
-           "scale_of"]
+           "conv_plane", "dense_plane", "scale_of", "weight_planes"]
 
 KERNELS = ("pallas", "xla")
 PALLAS_BACKENDS = ("auto", "gpu", "tpu")
@@ -128,9 +130,30 @@ def _pallas(x2d: jax.Array, words, scale, k: int, g: int, opts: PackedOptions) -
                          interpret=opts.pallas_interpret)
 
 
-def conv_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, kernel_size: int,
-              in_features: int, stride: int, padding: int, group_words: int,
-              opts: PackedOptions) -> jax.Array:
+def _planes(core, words: jax.Array, scale: jax.Array) -> jax.Array:
+    """Σ_p core(words[p], scale[p]) over the sign planes (one term for a single basis)."""
+    out = core(words[0], scale[0])
+    for p in range(1, words.shape[0]):
+        out = out + core(words[p], scale[p])
+    return out
+
+
+def conv_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, **kw) -> jax.Array:
+    """Σ_p scale_p · conv(x_q, sign_p) from P packed planes: (B, H, W, I) -> (B, Ho, Wo, O)
+    float32. words: (P, num_words(K, g), O) int32; scale: (P, O); the rest as
+    :func:`conv_plane`."""
+    return _planes(lambda w, s: conv_plane(x_q, w, s, **kw), words, scale)
+
+
+def dense_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, **kw) -> jax.Array:
+    """Σ_p scale_p · (x_q @ sign_p) from P packed planes: (..., I) -> (..., O) float32.
+    words: (P, num_words(I, g), O); scale: (P, O); the rest as :func:`dense_plane`."""
+    return _planes(lambda w, s: dense_plane(x_q, w, s, **kw), words, scale)
+
+
+def conv_plane(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, kernel_size: int,
+               in_features: int, stride: int, padding: int, group_words: int,
+               opts: PackedOptions) -> jax.Array:
     """scale · conv(x_q, sign(W)) from packed W: (B, H, W, I) -> (B, Ho, Wo, O) float32.
 
     x_q: quantized activations (values in {-1, 0, 1}, any dtype); words: (num_words(K, g),
@@ -154,12 +177,12 @@ def conv_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, kernel_size
     ho = (h + 2 * padding - kernel_size) // stride + 1
     wo = (w_ + 2 * padding - kernel_size) // stride + 1
     xp = jnp.pad(xi, ((0, 0), *pads, (0, 0)))
-    cols = _patches(xp, (kernel_size, kernel_size), stride, (ho, wo))   # (B·Ho·Wo, K) int8
+    cols = im2col(xp, (kernel_size, kernel_size), stride, (ho, wo))   # (B·Ho·Wo, K) int8
     return _pallas(cols, words, scale, k, group_words, opts).reshape(b, ho, wo, o)
 
 
-def dense_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, in_features: int,
-               group_words: int, opts: PackedOptions) -> jax.Array:
+def dense_plane(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, in_features: int,
+                group_words: int, opts: PackedOptions) -> jax.Array:
     """scale · (x_q @ sign(W)) from packed W: (..., I) -> (..., O) float32."""
     o = words.shape[-1]
     xi = x_q.astype(jnp.int8)
@@ -176,3 +199,28 @@ def dense_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, in_feature
     lead = xi.shape[:-1]
     out = _pallas(xi.reshape(-1, in_features), words, scale, in_features, group_words, opts)
     return out.reshape(*lead, o)
+
+
+def weight_planes(q, w, w_q, kwargs: dict) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """The (sign source, scale (O,)) planes of weight quantizer ``q`` for kernel ``w`` with
+    forward value ``w_q`` (kwargs: its variables' values), checked to rebuild ``w_q``, and the
+    count of exact zeros among the sign sources (they pack as +1).
+
+    Single-basis quantizers (no ``plane_fn``): one plane, sign(w) with :func:`scale_of`.
+    """
+    if q.plane_fn is None:
+        scale, zeros = scale_of(w, w_q)
+        return [(np.asarray(w, np.float32), scale)], zeros
+    planes = [(np.asarray(src, np.float32), np.asarray(scale, np.float32))
+              for src, scale in q.plane_fn(w, **kwargs)]
+    if len(planes) != q.planes:
+        raise ValueError(f"weight quantizer {q.name!r} declares {q.planes} planes but its "
+                         f"plane_fn gave {len(planes)}")
+    o = np.shape(w)[-1]
+    rebuilt = sum(s.reshape(1, o) * np.sign(src).reshape(-1, o) for src, s in planes)
+    w_q = np.asarray(w_q, np.float32).reshape(-1, o)
+    if not np.allclose(rebuilt, w_q, rtol=1e-5, atol=1e-6):
+        bad = float(np.max(np.abs(rebuilt - w_q)))
+        raise ValueError(f"the planes of weight quantizer {q.name!r} do not rebuild its output "
+                         f"(max deviation {bad:.3g}); it cannot be packed")
+    return planes, int(sum(np.sum(src == 0) for src, _ in planes))

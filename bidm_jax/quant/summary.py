@@ -85,13 +85,10 @@ def count_matmul_macs(fn: Callable, *args) -> int:
 
 def _derived_scales(m) -> int:
     """fp32 weight scales a binary layer must store at inference but computes from W in
-    training (detached/per-layer means); learnable ones are already Params."""
-    w = m.spec.weight
-    if w in ("channel_detached", "xnor_exact"):
-        return m.out_features
-    if w in ("dorefa", "reste"):
-        return 1
-    return 0
+    training (detached/per-layer means, the quantizer's ``derived_scales``); learnable ones
+    are already Params."""
+    kind = m.spec.weight_quantizer.derived_scales
+    return {"channel": m.out_features, "layer": 1, None: 0}[kind]
 
 
 def _vsize(v) -> int:
@@ -173,7 +170,7 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
     for path, info in layers.items():
         spec = info["module"].spec
         teacher_params += info["kernel"] + info["bias"]
-        wbits = spec.bits_w if spec.binary else 32
+        wbits = spec.stored_bits_w
         bias_stored = info["bias"] if (not spec.binary or spec.keep_bias) else 0
         bits_stored[wbits] = bits_stored.get(wbits, 0) + info["kernel"]
         bits_stored[32] += bias_stored + info["extra"] + info["scales"]

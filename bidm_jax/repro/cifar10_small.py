@@ -37,10 +37,25 @@ from bidm_jax.repro import report
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "repro_cifar10_small.py")
 PHASES = ("teacher", "students", "eval", "report")
-# Relative cost of one distillation step (ms at batch 64 on one H100, TF32,
-# benchmarks/distill.md); used only to balance students over GPUs.
-STEP_MS = {"bidm": 42.5, "xnor_tbs": 37.7, "xnor_spd": 38.3, "reactnet": 33.0, "bbcu": 33.0,
-           "xnor++": 31.0, "reste": 31.0, "dorefa": 30.0, "xnor": 29.9}
+# Relative cost of one distillation step, used only to balance students over GPUs: the
+# method's ``step_ms`` (ms at batch 64 on one H100, TF32, benchmarks/distill.md) plus what a
+# model adds beyond its method's defaults (XNOR + TBS 37.7 and XNOR + SPD 38.3 vs XNOR 29.9).
+EXTRA_MS = {"tbs": 7.8, "spd": 8.4}
+DEFAULT_STEP_MS = 45.0  # a method without a measured cost: assume BiDM's and then some
+
+
+def step_ms(entry) -> float:
+    """Planning cost of a MODELS entry (method, tbs, loss, ...)."""
+    from bidm_jax.methods import get_method
+
+    method = get_method(entry[0])
+    defaults = dict(method.distill_defaults)
+    ms = method.step_ms or DEFAULT_STEP_MS
+    if entry[1] and not defaults.get("tbs"):
+        ms += EXTRA_MS["tbs"]
+    if entry[2] == "spd" and defaults.get("loss") != "spd":
+        ms += EXTRA_MS["spd"]
+    return ms
 
 
 def _load_config_module():
@@ -161,8 +176,7 @@ class Plan:
         teacher_ckpt = os.path.join(self.dir("teacher"), "checkpoints")
         models = _load_config_module().MODELS
         for s in self.students:
-            step_ms = STEP_MS.get(s) or STEP_MS[models[s][0]]  # diagnostics: their method's
-            cost = step_ms * budget["student_steps"] / 1000.0 + 60.0
+            cost = step_ms(models[s]) * budget["student_steps"] / 1000.0 + 60.0
             out.append(J.Job(s, [self.main_cmd(s, "distill", self.dir(s),
                                                f"--config.distill.teacher={teacher_ckpt}")],
                              self.log(s), cost=cost, env=self.env,
@@ -226,11 +240,11 @@ def _version(pkg: str) -> str:
 
 def budgets_of(module, options: str, students: list[str]) -> tuple[dict, dict]:
     """The shared budget (with the resolved student lr) and one budget dict per model."""
-    from bidm_jax.distill.config import resolve_distill_config
+    from bidm_jax.configlib import resolve_config
 
     suffix = "," + options if options else ""
     b = module.budget("teacher" + suffix)
-    cfg = resolve_distill_config(module.get_config("bidm" + suffix))
+    cfg = resolve_config(module.get_config("bidm" + suffix), "distill")
     b["student_lr"] = cfg.train.lr
     per = {"teacher": {"steps": b["teacher_steps"], "batch": b["teacher_batch"],
                        "lr": b["teacher_lr"], "warmup": b["teacher_warmup"],

@@ -3,20 +3,30 @@ checkpoints and samples, the sharded step equals the 1-device step, every method
 finite gradients, a missing teacher is a clear error."""
 import json
 import os
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from bidm_jax import checkpoint, optim, parallel
+from bidm_jax import build, parallel
 from bidm_jax.distill import tbs as tbs_lib
-from bidm_jax.distill.config import resolve_distill_config
-from bidm_jax.distill.run import build_distill, run_distill
+from bidm_jax.main import run
+from bidm_jax.methods import BUILT_IN
 from bidm_jax.models import build_unet
 from bidm_jax.models.functional import Functional
-from bidm_jax.quant import METHODS
-from tests.conftest import tiny_config
+from bidm_jax.training import checkpoint, optim
+from tests.conftest import resolved, tiny_config
+
+
+def build_distill(c):
+    """The student, loss and sampling functions of a resolved config, from a random teacher."""
+    fm = Functional(build_unet(c.model, rngs=nnx.Rngs(0)))
+    trainable, student = build.distill_trainable(c, fm, fm.params)
+    return SimpleNamespace(config=c, loss_fn=trainable.loss_fn, student_fm=student.fm,
+                           aux=student.fm.aux, topology=student.topology,
+                           sample_model_fn=student.model_fn, carry_init=student.carry_init)
 
 
 def _config(teacher: str, method: str = "bidm", **overrides):
@@ -34,16 +44,14 @@ def _one_level(method: str, **distill):
     c.distill.tbs_topology = "paper"
     for k, v in distill.items():
         c.distill[k] = v
-    c = resolve_distill_config(c)
-    fm = Functional(build_unet(c.model, rngs=nnx.Rngs(0)))
-    return build_distill(c, fm, fm.params)
+    return build_distill(resolved(c))
 
 
 def test_missing_teacher_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--mode train"):
-        run_distill(_config(""), str(tmp_path))
+        run(_config(""), str(tmp_path), "distill")
     with pytest.raises(FileNotFoundError, match="convert"):
-        run_distill(_config(str(tmp_path / "nowhere")), str(tmp_path))
+        run(_config(str(tmp_path / "nowhere")), str(tmp_path), "distill")
 
 
 def test_run_distill_writes_checkpoints_and_samples(tmp_path):
@@ -59,7 +67,7 @@ def test_run_distill_writes_checkpoints_and_samples(tmp_path):
     c.distill.tbs_topology = "paper"
     work = str(tmp_path / "run")
     os.makedirs(work)
-    final = run_distill(c, work)
+    final = run(c, work, "distill")
     assert np.isfinite(final["loss"]) and np.isfinite(final["distill_loss"])
     assert final["distill_loss"] > 0 and final["nonfinite_total"] == 0
     params = checkpoint.load_params(os.path.join(work, "checkpoints"), use_ema=False)
@@ -70,8 +78,7 @@ def test_run_distill_writes_checkpoints_and_samples(tmp_path):
     assert samples.shape == (8, 8, 8, 3) and samples.dtype == np.uint8
     # --mode sample rebuilds the student (with its TBS carry) from the workdir's checkpoint:
     # the same seed gives the same images as the end-of-training samples.
-    from bidm_jax.sample import run_sample
-    run_sample(c, work)
+    run(c, work, "sample")
     again = np.load(os.path.join(work, "samples", "samples.npz"))["arr_0"]
     np.testing.assert_array_equal(again, samples)
     info = json.load(open(os.path.join(work, "distill.json")))
@@ -117,10 +124,9 @@ def test_sampling_carries_features():
     from bidm_jax.diffusion import samplers, schedules
     c = tiny_config()
     c.quant.method = "bidm"
-    c = resolve_distill_config(c)
+    c = resolved(c)
     assert c.distill.tbs and c.distill.tbs_topology == "code"
-    fm = Functional(build_unet(c.model, rngs=nnx.Rngs(0)))
-    s = build_distill(c, fm, fm.params)
+    s = build_distill(c)
     assert s.topology.mix == (("up.1.attn.0", "mid.block_2", 0),
                               ("up.1.attn.1", "mid.block_2", 0),
                               ("up.1.upsample", "up.1.upsample", 0))
@@ -137,7 +143,7 @@ def test_sampling_carries_features():
 
 
 # Every method through run_distill's loss; the XNOR + TBS + SPD ablation as one more entry.
-CASES = {m: (m, {}) for m in METHODS if m != "bidm"}  # bidm: the tests above
+CASES = {m: (m, {}) for m in BUILT_IN if m != "bidm"}  # bidm: the tests above
 CASES["xnor+tbs+spd"] = ("xnor", {"tbs": True, "loss": "spd"})
 
 
@@ -149,8 +155,9 @@ def method_grads():
     x0 = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3), minval=-1, maxval=1)
 
     def all_grads(params):
-        return {n: jax.value_and_grad(lambda p, s=s: s.loss_fn(p, x0, jax.random.key(2), 1),
-                                      has_aux=True)(params[n]) for n, s in setups.items()}
+        return {n: jax.value_and_grad(
+            lambda p, s=s: s.loss_fn(p, s.aux, x0, jax.random.key(2), 1), has_aux=True)(
+                params[n]) for n, s in setups.items()}
 
     return setups, jax.jit(all_grads)({n: s.student_fm.params for n, s in setups.items()})
 
@@ -161,7 +168,7 @@ def test_forward_backward_per_method(method_grads, case):
     (through the estimators); the TBS table and SPD are live where enabled."""
     setups, out = method_grads
     s = setups[case]
-    (loss, metrics), g = out[case]
+    (loss, (metrics, _)), g = out[case]
     assert np.isfinite(float(loss))
     assert all(np.all(np.isfinite(v)) for v in g.values())
     assert np.any(np.asarray(g["down.0.block.0.conv1.kernel"]))

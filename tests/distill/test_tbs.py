@@ -1,5 +1,5 @@
-"""BiDM's cross-timestep connection (methods.md §2.5, §8 items 7 and 14) and the distill
-config resolution (faithful_to, per-method defaults)."""
+"""BiDM's cross-timestep connection (methods.md §2.5, §8 items 7 and 14), the DDIM family's
+TBS wiring and SPD taps, and the config resolution (faithful_to, per-method defaults)."""
 import os
 
 import jax
@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bidm_jax.configlib import resolve_config
 from bidm_jax.distill import tbs as tbs_lib
-from bidm_jax.distill.config import resolve_distill_config
-from bidm_jax.distill.objective import spd_feature_names
 from bidm_jax.models import build_unet
+from bidm_jax.models.ddim_family import DDIM_UNET, spd_features, up_block_outputs
 from tests.conftest import ROOT, tiny_config
+
+
+def resolve_distill_config(c):
+    return resolve_config(c, "distill")
+
+
+def _topology(model, kind, n=2):
+    return tbs_lib.make_topology(DDIM_UNET, model, kind, n)
 
 
 def _cifar_model():
@@ -76,7 +84,7 @@ def test_table_init_per_flag(tiny_model, faithful, init):
     c.quant.method = "bidm"
     c.distill.faithful_to = faithful
     r = resolve_distill_config(c)
-    topo = tbs_lib.make_topology(tiny_model, r.distill.tbs_topology)
+    topo = _topology(tiny_model, r.distill.tbs_topology)
     model = build_unet(c.model, rngs=nnx.Rngs(0))
     tbs_lib.attach_tbs(model, topo, r.distill.tbs_init, r.diffusion.num_timesteps)
     table = model.tbs.coefficients[...]
@@ -95,7 +103,7 @@ def test_mixing_uses_row_of_each_sample():
     """Paper topology, last block only: the mixed output equals (1−c)h + c·prev with
     c = table[⌊t/10⌋] per sample, h the unmixed forward's feature."""
     model = _one_level_model()
-    topo = tbs_lib.paper_topology(model, 1)
+    topo = _topology(model, "paper", 1)
     assert topo.mix == (("up.0.block.1", "up.0.block.1", 0),)
     tbs_lib.attach_tbs(model, topo, 0.0)
     model.tbs.coefficients[...] = jnp.arange(100, dtype=jnp.float32)[:, None] / 200.0
@@ -123,7 +131,7 @@ def test_mixing_uses_row_of_each_sample():
 
 def test_first_sampling_step_does_not_mix():
     model = _one_level_model()
-    topo = tbs_lib.paper_topology(model, 2)
+    topo = _topology(model, "paper", 2)
     tbs_lib.attach_tbs(model, topo, 0.9)
     shapes = tbs_lib.feature_shapes(model, topo, (8, 8, 3))
     graphdef, state = nnx.split(model)
@@ -147,7 +155,7 @@ def test_first_sampling_step_does_not_mix():
 
 
 def test_carry_shapes_tiny_and_cifar(tiny_model):
-    topo = tbs_lib.code_topology(tiny_model)
+    topo = _topology(tiny_model, "code")
     # Tiny UNet (2 levels, 1 res block, attention at 4x4): up.1 has 2 attention outputs that
     # mix with the previous mid.block_2 output (64@4x4); up.1.upsample with itself (64@8x8).
     assert topo.mix == (("up.1.attn.0", "mid.block_2", 0), ("up.1.attn.1", "mid.block_2", 0),
@@ -156,7 +164,7 @@ def test_carry_shapes_tiny_and_cifar(tiny_model):
     assert {k: v.shape for k, v in shapes.items()} == {"mid.block_2": (4, 4, 64),
                                                        "up.1.upsample": (8, 8, 64)}
     cifar = _cifar_model()
-    code = tbs_lib.code_topology(cifar)
+    code = _topology(cifar, "code")
     # methods.md §2.5 CIFAR: 3 attention outputs of up.1 mix with the previous up.2.upsample
     # (256x16x16), up.1.upsample with its own (256x32x32); one column.
     assert code.mix == tuple((f"up.1.attn.{j}", "up.2.upsample", 0) for j in range(3)) + (
@@ -166,21 +174,21 @@ def test_carry_shapes_tiny_and_cifar(tiny_model):
     assert {k: v.shape for k, v in s.items()} == {"up.2.upsample": (16, 16, 256),
                                                   "up.1.upsample": (32, 32, 256)}
     assert tbs_lib.carry_floats(s) == 327_680
-    paper = tbs_lib.paper_topology(cifar, 2)
+    paper = _topology(cifar, "paper", 2)
     assert paper.mix == (("up.0.block.1", "up.0.block.1", 0), ("up.0.block.2", "up.0.block.2", 1))
-    assert len(tbs_lib.up_block_outputs(cifar)) == 12  # LDM-style output blocks
+    assert len(up_block_outputs(cifar)) == 12  # LDM-style output blocks
     with pytest.raises(ValueError, match="tbs_last_n"):
-        tbs_lib.paper_topology(cifar, 13)
+        _topology(cifar, "paper", 13)
     with pytest.raises(ValueError, match="valid choices"):
-        tbs_lib.make_topology(cifar, "everything")
+        _topology(cifar, "everything")
 
 
 def test_spd_features_follow_the_code_hooks(tiny_model):
     cifar = _cifar_model()
-    assert spd_feature_names(cifar) == [
+    assert spd_features(cifar) == [
         "down.0.downsample", "down.1.downsample", "down.2.downsample", "down.3.block.1.conv2",
         "mid.block_2.conv2", "up.3.upsample", "up.2.upsample", "up.1.upsample"]
-    assert spd_feature_names(tiny_model) == ["down.0.downsample", "down.1.block.0.conv2",
+    assert spd_features(tiny_model) == ["down.0.downsample", "down.1.block.0.conv2",
                                              "mid.block_2.conv2", "up.1.upsample"]
     graphdef, state = nnx.split(tiny_model)
 

@@ -9,7 +9,7 @@ from bidm_jax.metrics.config import get_eval_config, validate_eval_config
 from bidm_jax.metrics.evaluate import run_eval, run_ref_stats
 
 
-from conftest import make_config
+from tests.metrics.conftest import make_config
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,17 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from bidm_jax.quant import (METHODS, QConv, QDense, QuantFactory, fp_factory, get_quant_config,
-                            set_reste_o, trace, validate_quant_config, with_reste_o)
+from bidm_jax.methods import BUILT_IN, get_method
+from bidm_jax.models.functional import Functional
+from bidm_jax.quant import QConv, QDense, QuantFactory, fp_factory, trace, validate_quant_config
+from tests.conftest import quant_config, tiny_config
 
 BINARY = ("down.0.block.0.conv1", "down.0.block.0.temb_proj", "down.0.downsample.conv",
           "mid.attn_1.q")
 
 
 def _cfg(method_name, **kw):
-    c = get_quant_config()
-    c.method = method_name
-    for k, v in kw.items():
-        c[k] = v
-    return c
+    return quant_config(method_name, **kw)
 
 
 def _inputs():
@@ -45,7 +43,7 @@ def _np(seed, shape, scale=1.0):
     return jnp.asarray(scale * np.random.RandomState(seed).randn(*shape), jnp.float32)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", BUILT_IN)
 def test_method_forward_backward(toy_cls, method):
     model, factory = _build(toy_cls, method, shortcut_scale_init=0.3)
     expected_binary = [] if method == "fp" else list(BINARY)
@@ -253,22 +251,24 @@ def test_paper_flags_change_parameters_and_forward():
     assert not np.allclose(outs["code"], outs["paper"])
 
 
-def test_reste_power_is_explicit_state():
+def test_reste_power_is_auxiliary_state_set_by_the_method_hook():
+    """ReSTE's o is auxiliary state (not a parameter); the method's step hook sets it from the
+    training progress (cosine 1 -> quant.reste_o_end) and it changes the gradient."""
     layer = QuantFactory(_cfg("reste")).conv("down.0.block.0.conv2", 3, 3, 3, padding=1,
                                              rngs=nnx.Rngs(0))
+    fm = Functional(layer)
+    assert fm.aux_names == ["reste_o"] and "reste_o" not in fm.params
     x = _np(3, (1, 4, 4, 3))
-    grad = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))
-    g1 = np.asarray(grad(layer)["kernel"][...])
-    set_reste_o(layer, 3.0)
-    assert float(layer.reste_o[...]) == 3.0
-    g3 = np.asarray(grad(layer)["kernel"][...])
-    assert not np.allclose(g1, g3)
-    graphdef, state = nnx.split(layer)
-    new = jax.jit(lambda s: with_reste_o(s, 2.0))(state)
-    assert float(nnx.merge(graphdef, new).reste_o[...]) == 2.0
+    config = tiny_config(**{"quant.method": "reste"})
+    hook = jax.jit(lambda a, p: get_method("reste").step_aux(a, p, config))
+    grad = jax.jit(jax.grad(lambda p, a: jnp.sum(fm.module(p, a)(x) ** 2)))
+    start, end = hook(fm.aux, 0.0), hook(fm.aux, 1.0)
+    assert float(start["reste_o"]) == 1.0 and float(end["reste_o"]) == 3.0
+    g1, g3 = grad(fm.params, start)["kernel"], grad(fm.params, end)["kernel"]
+    assert not np.allclose(np.asarray(g1), np.asarray(g3))
 
 
-def test_policy_follows_ddim_layer_list():
+def test_method_recipe_follows_ddim_layer_list():
     f = QuantFactory(_cfg("bidm"))
     binary = ["down.0.block.0.conv1", "down.0.block.1.conv2", "up.2.block.0.temb_proj",
               "down.1.attn.0.q", "down.1.attn.1.k", "up.1.attn.2.v", "mid.attn_1.proj_out",
@@ -285,13 +285,15 @@ def test_policy_follows_ddim_layer_list():
 
 
 def test_config_validation_lists_choices():
-    validate_quant_config(get_quant_config())
-    for field, bad in (("method", "xnorr"), ("kconv_bias", "maybe"), ("linear_tau", "x"),
+    validate_quant_config(_cfg("bidm"))
+    for field, bad in (("kconv_bias", "maybe"), ("linear_tau", "x"),
                        ("input_scale", "xnorpp"), ("rprelu", "yes")):
         with pytest.raises(ValueError, match="choose one of"):
             cfg = _cfg("bidm")
             cfg[field] = bad
             validate_quant_config(cfg)
+    with pytest.raises(ValueError, match="valid choices: bbcu, bidm, dorefa, fp"):
+        validate_quant_config(_cfg("xnorr"))
     with pytest.raises(ValueError, match="reste_o_end"):
         validate_quant_config(_cfg("reste", reste_o_end=0.5))
 

@@ -3,7 +3,8 @@
 import pytest
 from flax import nnx
 
-from bidm_jax.quant import QuantFactory, fp_factory, get_quant_config, summarize
+from bidm_jax.quant import QuantFactory, fp_factory, summarize
+from tests.conftest import quant_config
 
 
 # Toy at 8x8 (see conftest): per image MACs of each layer.
@@ -30,7 +31,7 @@ def test_fp_summary_counts(toy_cls):
 
 
 def test_bidm_summary_counts(toy_cls):
-    model = toy_cls(QuantFactory(get_quant_config()), nnx.Rngs(0))
+    model = toy_cls(QuantFactory(quant_config()), nnx.Rngs(0))
     _, s = summarize(model, (1, 8, 8, 3))
     binary = CONV1 + TEMB + DOWN + Q
     assert s["macs"]["binary"] == binary

@@ -7,8 +7,12 @@ import pytest
 from flax import nnx
 
 from bidm_jax.models import build_unet
-from bidm_jax.summary import run_summary
+from bidm_jax.main import run
 from tests.conftest import tiny_config
+
+
+def run_summary(cfg, workdir):
+    return run(cfg, workdir, "summary")
 
 
 def _fp_params(cfg) -> int:

@@ -64,16 +64,18 @@ def all_finite(tree) -> jax.Array:
 
 def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTransformation,
                    ema_decay: float, unravel: Callable):
-    """One optimizer step on ``loss_fn(params_dict, batch, key, step) -> (loss, metrics)``;
-    ``unravel`` maps the state's flat vector to that dict; ``step`` is the int32 step counter
-    (schedules such as ReSTE's o read it).
+    """One optimizer step on ``loss_fn(params_dict, aux, batch, key, step) -> (loss, (metrics,
+    aux))``; ``unravel`` maps the state's flat vector to that dict; ``aux`` is the model's
+    auxiliary state (``state["aux"]``, {} when the state has none), returned updated by the
+    loss; ``step`` is the int32 step counter (schedules such as ReSTE's o read it).
 
-    A non-finite loss or gradient leaves params, EMA and optimizer state untouched and
-    increments ``state["nonfinite"]``; the step counter advances either way so the data and
-    RNG streams stay aligned with an uninterrupted run.
+    A non-finite loss or gradient leaves params, EMA, auxiliary and optimizer state untouched
+    and increments ``state["nonfinite"]``; the step counter advances either way so the data
+    and RNG streams stay aligned with an uninterrupted run.
     """
-    (loss, metrics), grads = jax.value_and_grad(
-        lambda v: loss_fn(unravel(v), batch, step_key(state), state["step"]),
+    aux = state.get("aux", {})
+    (loss, (metrics, aux_new)), grads = jax.value_and_grad(
+        lambda v: loss_fn(unravel(v), aux, batch, step_key(state), state["step"]),
         has_aux=True)(state["params"])
     ok = jnp.isfinite(loss) & all_finite(grads)
     updates, opt_new = opt.update(grads, state["opt"], state["params"])
@@ -84,6 +86,8 @@ def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTra
                  "ema": keep(ema_new, state["ema"]), "opt": keep(opt_new, state["opt"]),
                  "step": state["step"] + 1,
                  "nonfinite": state["nonfinite"] + (~ok).astype(jnp.int32)}
+    if "aux" in state:
+        new_state["aux"] = keep(aux_new, aux)
     metrics = {"loss": loss, "grad_norm": jnp.linalg.norm(grads), **metrics,
                "skipped": (~ok).astype(jnp.float32)}
     return new_state, metrics

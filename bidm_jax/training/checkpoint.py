@@ -1,7 +1,8 @@
 """Checkpoints through orbax ``CheckpointManager``.
 
-A checkpoint is a pytree ``{"params", "ema", ["opt"], "step", ["rng", "nonfinite"]}`` where
-params/ema are flat dicts keyed by dotted parameter names (``models.functional``). Training
+A checkpoint is a pytree ``{"params", "ema", ["aux"], ["opt"], "step", ["rng", "nonfinite"]}``
+where params/ema are flat dicts keyed by dotted parameter names (``models.functional``) and
+aux the model's auxiliary state, keyed the same way (present when the model has any). Training
 checkpoints hold everything needed to resume; converted or exported models hold params/ema
 only. Restores check every tensor's shape first and name the offending ones.
 """
@@ -50,7 +51,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: dict) -> dict:
     """Restores ``step`` into the structure/shardings of ``target`` (arrays or
     ShapeDtypeStructs). Mismatched parameter shapes raise a ValueError naming the tensors."""
     tree = _metadata_tree(mngr, step)
-    for key in ("params", "ema"):
+    for key in ("params", "ema", "aux"):
         if key in target and key in tree:
             check_shapes(target[key], tree[key], f"checkpoint {mngr.directory}/{step} [{key}]")
     missing = [k for k in target if k not in tree]
@@ -64,10 +65,16 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: dict) -> dict:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def has_entry(mngr: ocp.CheckpointManager, step: int, key: str) -> bool:
+    """Whether checkpoint ``step`` holds top-level entry ``key`` (e.g. 'aux')."""
+    return key in _metadata_tree(mngr, step)
+
+
 def load_params(directory: str, *, use_ema: bool = True, step: int | None = None,
-                sharding=None) -> dict:
+                sharding=None, with_aux: bool = False):
     """Reads only the (EMA) parameters of a checkpoint directory: how a frozen teacher or a
-    sampler loads a model. Returns a flat dict name -> array."""
+    sampler loads a model. Returns a flat dict name -> array; with ``with_aux`` the pair
+    (params, aux), aux {} for a checkpoint without auxiliary state."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoint directory at {directory!r}")
     mngr = manager(directory, create=False)
@@ -81,9 +88,11 @@ def load_params(directory: str, *, use_ema: bool = True, step: int | None = None
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = _abstract_from_metadata(dict(tree), sharding)
-    out = mngr.restore(step, args=ocp.args.StandardRestore(abstract))[key]
+    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     mngr.close()
-    return out
+    if with_aux:
+        return restored[key], dict(restored.get("aux", {}))
+    return restored[key]
 
 
 def write_params(directory: str, params: dict, *, ema: dict | None = None, step: int = 0,

@@ -19,8 +19,8 @@ import time
 import numpy as np
 from absl import logging
 
-from bidm_jax import logs
-from bidm_jax.train import run_train
+from bidm_jax import logs, modes
+from bidm_jax.configlib import resolve_config
 
 
 def digits_classifier():
@@ -63,7 +63,8 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarra
 
 
 def student_config(config, workdir: str):
-    """The quickstart's student run: distil from the teacher just trained in ``workdir``."""
+    """The quickstart's student run, resolved for ``--mode distill``: distil from the teacher
+    just trained in ``workdir``."""
     import copy
 
     c = copy.deepcopy(config)
@@ -71,25 +72,26 @@ def student_config(config, workdir: str):
         c.distill.teacher = os.path.join(workdir, "checkpoints")
         if c.quant.method == "fp":
             c.quant.method = "bidm"
+            # the method's defaults (TBS, SPD) apply to the student, not to the teacher run
+            c.distill.tbs, c.distill.loss = None, "auto"
         # A run of ~100 steps samples its raw weights: an EMA of decay 0.99 would still give
         # the freshly binarized (step-0) student a large weight.
         c.sample.use_ema = False
-    return c
+    return resolve_config(c, "distill")
 
 
 def run_quickstart(config, workdir: str) -> dict:
     """Teacher → W1A1 student → side-by-side samples; returns the metrics dict."""
     from bidm_jax.data.digits import load_digits_rgb
-    from bidm_jax.distill.run import run_distill
 
     t0 = time.time()
-    final = run_train(config, workdir)
+    final = modes.run("train", config, workdir)
     teacher = np.load(os.path.join(workdir, "samples", "samples_train.npz"))["arr_0"]
     t1 = time.time()
     scfg = student_config(config, workdir)
     student_dir = os.path.join(workdir, "student")
     os.makedirs(student_dir, exist_ok=True)
-    sfinal = run_distill(scfg, student_dir)
+    sfinal = modes.run("distill", scfg, student_dir)
     student = np.load(os.path.join(student_dir, "samples", "samples_distill.npz"))["arr_0"]
 
     real = load_digits_rgb(config.data.image_size)[0][: len(teacher)]

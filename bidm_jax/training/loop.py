@@ -1,5 +1,17 @@
-"""Full-precision teacher training (``--mode train``): ε-prediction DDPM training of the UNet,
-data parallel over a ``data`` mesh, resumable, with EMA, logging and sample grids."""
+"""The shared training loop of teacher training and distillation.
+
+``Loop(config, workdir, trainable)`` runs a jitted guarded step over the ``data`` mesh
+(parameters, EMA and Adam moments as flat vectors, the model's auxiliary state as named
+tensors), checkpoints and resumes it, logs progress and metrics, and samples at the end.
+A :class:`~bidm_jax.build.Trainable` (from :mod:`bidm_jax.build`) says what is trained:
+
+    loss_fn(params, aux, x0, key, step) -> (loss, (metrics, aux))
+    sample_model_fn(values, x, t, carry) -> (eps, carry),  carry_init(x_T) -> carry
+    calibrate_fn(params, aux, x0, key) -> (params, aux)     (None: no calibration)
+
+A fresh run with a ``calibrate_fn`` calibrates once on the first training batch before the
+first step; a resumed run restores the calibrated values from its checkpoint instead.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -10,41 +22,13 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from bidm_jax import checkpoint, logs, optim, parallel
+from bidm_jax import logs, parallel
 from bidm_jax.data.pipeline import BatchSource, load_images
-from bidm_jax.diffusion import losses, schedules
-from bidm_jax.models import build_unet
-from bidm_jax.models.functional import Functional, check_shapes
-from bidm_jax.sample import fp_model_fn, generate, make_sampler, write_samples
+from bidm_jax.diffusion.sampling import generate, make_sampler, write_samples
+from bidm_jax.training import checkpoint, optim
 
-
-def teacher_loss_fn(fm: Functional, config):
-    """loss(params, x0, key, step) -> (ε loss, {}) for x0 (B, H, W, C) in [-1, 1] (DDPM Eq. 14;
-    summed or averaged over pixels per ``diffusion.loss_reduction``)."""
-    dcfg = config.diffusion
-    abar = np.asarray(schedules.from_config(dcfg), np.float32)
-    use_dropout = config.model.dropout > 0
-
-    def loss_fn(params, x0, key, step=None):
-        k_t, k_n, k_d = jax.random.split(key, 3)
-        t = losses.sample_timesteps(k_t, x0.shape[0], dcfg.num_timesteps, dcfg.antithetic)
-        noise = jax.random.normal(k_n, x0.shape, x0.dtype)
-        x_t = losses.q_sample(x0, t, noise, abar)
-        eps, _ = fm(params, x_t, t, None, dropout_rng=k_d if use_dropout else None)
-        return losses.eps_loss(eps, noise, dcfg.loss_reduction), {}
-
-    return loss_fn
-
-
-def place(tree, sharding):
-    """Puts host values on ``sharding`` (works with several processes, each holding the same
-    values)."""
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-    return jax.tree_util.tree_map(put, tree)
+CALIBRATION_FOLD = 0x7ca1  # the calibration key: fold_in(seed key, this), apart from steps
 
 
 def scalar(x) -> float:
@@ -68,41 +52,58 @@ def matmul_precision(name: str):
     return contextlib.nullcontext() if name == "default" else jax.default_matmul_precision(name)
 
 
-class Loop:
-    """The shared training loop: jitted guarded step over the mesh, checkpoint/resume,
-    progress, metrics and final samples. ``loss_fn(params, batch, key, step) -> (loss,
-    metrics)``; ``sample_model_fn(params, x, t, carry) -> (eps, carry)`` with ``carry_init(x)``
-    giving the sampler's initial carry (TBS students)."""
+def batch_source(config) -> BatchSource:
+    """This process's batches of ``data`` (loading fails early on missing data)."""
+    images = load_images(config.data)
+    return BatchSource(images, config.train.batch_size, config.seed, config.data.random_flip,
+                       jax.process_index(), jax.process_count())
 
-    def __init__(self, config, workdir: str, fm: Functional, params: dict, loss_fn, *,
-                 sample_model_fn=None, carry_init=None):
-        self.config, self.workdir, self.fm = config, workdir, fm
-        tcfg = config.train
+
+class Loop:
+    """Trains ``trainable`` under ``config.train`` in ``workdir`` (see the module docstring)."""
+
+    def __init__(self, config, workdir: str, trainable):
+        self.config, self.workdir, self.trainable = config, workdir, trainable
+        fm, tcfg = trainable.fm, config.train
+        self.fm = fm
         self.mesh = parallel.make_data_mesh(config.mesh.data)
         parallel.check_batch(tcfg.batch_size, self.mesh)
         self.repl = parallel.replicated(self.mesh)
         self.opt = optim.make_optimizer(tcfg)
-        self.flat = optim.Flat(params)
+        self.flat = optim.Flat(trainable.params)
         self.unravel = jax.jit(self.flat.unravel, out_shardings=self.repl)
         self.ravel = jax.jit(self.flat.ravel, out_shardings=self.repl)
-        self.state = place(optim.init_state(self.flat.ravel(params), self.opt, config.seed),
-                           self.repl)
+        state = optim.init_state(self.flat.ravel(trainable.params), self.opt, config.seed)
+        if fm.aux:
+            state["aux"] = dict(fm.aux)
+        self.state = parallel.place(state, self.repl)
         self.mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=config.ckpt.max_to_keep,
                                        keep_period=config.ckpt.keep_period)
-        latest = self.mngr.latest_step()
-        if latest is not None:
-            restored = checkpoint.restore(self.mngr, latest, self._named(self.state))
-            self.state = {**restored, "params": self.ravel(restored["params"]),
-                          "ema": self.ravel(restored["ema"])}
-            logging.info("resumed from %s step %d", self.mngr.directory, latest)
+        self.resumed = self._restore()
         self.step_fn = jax.jit(
-            lambda s, b: optim.guarded_update(s, loss_fn, b, self.opt, tcfg.ema_decay,
+            lambda s, b: optim.guarded_update(s, trainable.loss_fn, b, self.opt, tcfg.ema_decay,
                                               self.flat.unravel),
             in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
             out_shardings=(self.repl, self.repl), donate_argnums=0)
-        self.sample_fn = make_sampler(sample_model_fn or fp_model_fn(fm), config, carry_init)
+        self.sample_fn = make_sampler(trainable.sample_model_fn, config, trainable.carry_init)
         self.writer = logs.MetricWriter(workdir)
+
+    def _restore(self) -> bool:
+        latest = self.mngr.latest_step()
+        if latest is None:
+            return False
+        target = self._named(self.state)
+        if "aux" in target and not checkpoint.has_entry(self.mngr, latest, "aux"):
+            # Written before the model had auxiliary state: keep its initial values.
+            logging.warning("checkpoint step %d has no auxiliary state; starting it from its "
+                            "initial values", latest)
+            target.pop("aux")
+        restored = checkpoint.restore(self.mngr, latest, target)
+        self.state = {**self.state, **restored, "params": self.ravel(restored["params"]),
+                      "ema": self.ravel(restored["ema"])}
+        logging.info("resumed from %s step %d", self.mngr.directory, latest)
+        return True
 
     @property
     def step(self) -> int:
@@ -116,17 +117,38 @@ class Loop:
     def params(self, ema: bool = True) -> dict:
         return self.unravel(self.state["ema" if ema else "params"])
 
+    def values(self, ema: bool = True) -> dict:
+        """Parameters and auxiliary state in one flat dict: what sampling reads."""
+        return {**self.params(ema), **self.state.get("aux", {})}
+
     def save(self, wait: bool = False) -> None:
         checkpoint.save(self.mngr, self.step, self._named(self.state), wait=wait)
 
+    def calibrate(self, source: BatchSource) -> None:
+        """The method's calibration on the first training batch (fresh runs only): sets the
+        calibrated parameters (EMA included) and auxiliary state."""
+        fn = self.trainable.calibrate_fn
+        if fn is None or self.resumed:
+            return
+        batch = parallel.global_batch(source.local_batch(0), self.mesh)
+        key = jax.random.fold_in(jax.random.key(self.config.seed), CALIBRATION_FOLD)
+        params, aux = jax.jit(fn, out_shardings=(self.repl, self.repl))(
+            self.params(ema=False), self.state.get("aux", {}), batch, key)
+        # Two buffers: the step donates the state, and one buffer must not be donated twice.
+        self.state = {**self.state, "params": self.ravel(params), "ema": self.ravel(params)}
+        if "aux" in self.state:
+            self.state["aux"] = aux
+        logging.info("calibrated on %d images", int(batch.shape[0]))
+
     def samples(self, num: int | None = None) -> np.ndarray:
         num = num or self.config.sample.grid_size
-        params = self.params(ema=self.config.sample.use_ema)
-        return generate(self.sample_fn, params, self.config, self.mesh, num=num,
-                        seed=self.config.sample.seed)
+        return generate(self.sample_fn, self.values(ema=self.config.sample.use_ema),
+                        self.config, self.mesh, num=num, seed=self.config.sample.seed,
+                        shape=self.trainable.input_shape)
 
     def run(self, source: BatchSource) -> dict:
         cfg, tcfg = self.config, self.config.train
+        self.calibrate(source)
         start = self.step
         prog = logs.Progress(tcfg.num_steps, start, tcfg.batch_size, tcfg.log_every)
         last = {}
@@ -155,10 +177,11 @@ class Loop:
             logging.info("peak device memory %.2f GiB", peak / 2**30)
         return last
 
-    def train_and_sample(self, source: BatchSource, tag: str) -> dict:
+    def train_and_sample(self, source: BatchSource) -> dict:
         """Runs to ``train.num_steps``, writes ``sample.num_samples`` images to
         ``samples/samples{tag}.npz`` (their first ``sample.grid_size`` as the grid), closes
         the loop (also on errors); returns the last logged metrics."""
+        tag = self.trainable.tag
         try:
             final = self.run(source)
             t0 = time.time()
@@ -181,22 +204,12 @@ class Loop:
         self.writer.close()
 
 
-def initial_params(config, fm: Functional) -> dict:
-    """Fresh init, or the weights of ``ckpt.init_from`` (e.g. a converted official model)."""
-    if not config.ckpt.init_from:
-        return fm.params
-    params = checkpoint.load_params(config.ckpt.init_from, use_ema=True)
-    check_shapes(fm.shapes(), params, f"ckpt.init_from={config.ckpt.init_from}")
-    return {k: np.asarray(v) for k, v in params.items()}
-
-
-def run_train(config, workdir: str) -> dict:
-    """``--mode train``: trains the FP UNet; writes checkpoints, logs and a final sample grid."""
-    images = load_images(config.data)  # fail on missing data before building anything
-    source = BatchSource(images, config.train.batch_size, config.seed, config.data.random_flip,
-                         jax.process_index(), jax.process_count())
-    fm = Functional(build_unet(config.model, rngs=nnx.Rngs(config.seed)))
-    logging.info("model: %d parameters, %d devices, %d processes", sum(
-        np.size(v) for v in fm.params.values()), jax.device_count(), jax.process_count())
-    loop = Loop(config, workdir, fm, initial_params(config, fm), teacher_loss_fn(fm, config))
-    return loop.train_and_sample(source, "_train")
+def fit(config, workdir: str, trainable, source: BatchSource) -> dict:
+    """Writes the trainable's description (``{workdir}/{info_file}``), trains, samples;
+    returns the last logged metrics."""
+    if trainable.info_file:
+        logging.info("%s: %s", trainable.info_file, json.dumps(trainable.info))
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, trainable.info_file), "w") as f:
+                json.dump(trainable.info, f, indent=1)
+    return Loop(config, workdir, trainable).train_and_sample(source)

@@ -9,18 +9,29 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bidm_jax import optim, parallel
+from bidm_jax import build, parallel
+from bidm_jax.build import Trainable, teacher_loss_fn
 from bidm_jax.configlib import validate_config
 from bidm_jax.data.pipeline import BatchSource, load_images
+from bidm_jax.main import run
 from bidm_jax.models import build_unet
 from bidm_jax.models.functional import Functional
-from bidm_jax.train import Loop, place, run_train, teacher_loss_fn
-from tests.conftest import tiny_config
+from bidm_jax.parallel import place
+from bidm_jax.training import optim
+from bidm_jax.training.loop import Loop
+from tests.conftest import resolved, tiny_config
+
+
+def trainable(cfg, fm):
+    """The teacher's Trainable around an existing Functional (one compile for the module)."""
+    return Trainable(fm, fm.params, teacher_loss_fn(fm, cfg),
+                     lambda v, x, t, c: fm(v, x, t, c), None, None, build.input_shape(cfg),
+                     "_train")
 
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = tiny_config()
+    cfg = resolved(tiny_config(), "train")
     fm = Functional(build_unet(cfg.model, rngs=nnx.Rngs(0)))
     source = BatchSource(load_images(cfg.data), cfg.train.batch_size, 0, True)
     return cfg, fm, source
@@ -85,9 +96,9 @@ def losses_of(workdir):
 def test_resume_after_interrupt_matches_uninterrupted_run(setup, tmp_path):
     cfg, fm, source = setup
     cfg.train.num_steps = 4
-    loss_fn = teacher_loss_fn(fm, cfg)
+    t = trainable(cfg, fm)
 
-    full = Loop(cfg, str(tmp_path / "a"), fm, fm.params, loss_fn)
+    full = Loop(cfg, str(tmp_path / "a"), t)
     full.run(source)
     full.close()
 
@@ -98,12 +109,12 @@ def test_resume_after_interrupt_matches_uninterrupted_run(setup, tmp_path):
             return super().local_batch(step)
 
     dying = Dying(source.images, cfg.train.batch_size, 0, True)
-    first = Loop(cfg, str(tmp_path / "b"), fm, fm.params, loss_fn)
+    first = Loop(cfg, str(tmp_path / "b"), t)
     with pytest.raises(Interrupt):
         first.run(dying)
     first.close()
     assert first.mngr.latest_step() == 2  # save_every = 2; step 3 never saved
-    resumed = Loop(cfg, str(tmp_path / "b"), fm, fm.params, loss_fn)
+    resumed = Loop(cfg, str(tmp_path / "b"), t)
     assert resumed.step == 2
     resumed.run(source)
     resumed.close()
@@ -122,7 +133,7 @@ def test_loss_goes_down_on_digits(tmp_path):
     cfg.ckpt.save_every = 60
     cfg.train.lr = 2e-3
     cfg.diffusion.loss_reduction = "mean"
-    run_train(cfg, str(tmp_path))
+    run(cfg, str(tmp_path), "train")
     losses = losses_of(tmp_path)
     assert np.mean([losses[50], losses[60]]) < 0.7 * np.mean([losses[10], losses[20]])
     samples = np.load(tmp_path / "samples" / "samples_train.npz")["arr_0"]

@@ -1,0 +1,2 @@
+"""The shared training loop (``loop``), the optimizer and guarded update (``optim``) and
+orbax checkpoints (``checkpoint``)."""
