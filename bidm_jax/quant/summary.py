@@ -39,9 +39,8 @@ from flax import nnx
 from bidm_jax.quant import trace
 from bidm_jax.quant.layers import QConv, QDense
 
-__all__ = ["summarize", "count_matmul_macs", "DEFAULT_SKIP_PATTERNS"]
+__all__ = ["summarize", "count_matmul_macs"]
 
-DEFAULT_SKIP_PATTERNS = ("*.nin_shortcut", "*.skip_connection")
 _MiB = 2.0 ** 20
 
 
@@ -121,10 +120,12 @@ def _fmt(n: float) -> str:
 
 
 def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | None = None,
-              skip_patterns: tuple[str, ...] = DEFAULT_SKIP_PATTERNS) -> tuple[str, dict]:
+              skip_patterns: tuple[str, ...] = ()) -> tuple[str, dict]:
     """Efficiency table of ``model`` at one input of ``input_shape`` ((H,W,C) or (1,H,W,C)).
 
-    apply_fn(model, x) calls the model (default ``model(x, zeros(B) int32)``). The model must
+    apply_fn(model, x) calls the model (default ``model(x, zeros(B) int32)``). skip_patterns:
+    fnmatch patterns of the FP 1×1 skip convs the papers' FLOPs leave out (the model family's
+    ``skip_patterns``, e.g. DDIM's ``*.nin_shortcut``). The model must
     be built through :class:`~bidm_jax.quant.factory.QuantFactory` (any method, 'fp'
     included). Returns (table string, dict). The dict holds
     ``params`` {by_bits (stored), teacher, other_fp}; ``macs`` {binary, bops, fp_layers,

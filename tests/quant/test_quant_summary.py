@@ -4,7 +4,10 @@ import pytest
 from flax import nnx
 
 from bidm_jax.quant import QuantFactory, fp_factory, summarize
+from bidm_jax.models.ddim_family import DDIM_UNET
 from tests.conftest import quant_config
+
+SKIP = DDIM_UNET.skip_patterns
 
 
 # Toy at 8x8 (see conftest): per image MACs of each layer.
@@ -32,7 +35,7 @@ def test_fp_summary_counts(toy_cls):
 
 def test_bidm_summary_counts(toy_cls):
     model = toy_cls(QuantFactory(quant_config()), nnx.Rngs(0))
-    _, s = summarize(model, (1, 8, 8, 3))
+    _, s = summarize(model, (1, 8, 8, 3), skip_patterns=SKIP)
     binary = CONV1 + TEMB + DOWN + Q
     assert s["macs"]["binary"] == binary
     assert s["paper"]["bops"] == binary  # b_w = b_a = 1
