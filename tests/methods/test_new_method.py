@@ -228,3 +228,18 @@ def test_calibrated_state_survives_an_interrupted_run(tmp_path, teacher_dir):
     for n, v in full.params(ema=False).items():
         np.testing.assert_array_equal(np.asarray(resumed.params(ema=False)[n]), np.asarray(v),
                                       err_msg=n)
+
+
+def test_attention_hook_quantizes_the_operands(teacher_dir):
+    """The factory's attention hook puts the method's quantizers on q and k (not v, not the
+    softmax weights) of every attention block."""
+    from bidm_jax.models.layers import attention
+    from bidm_jax.quant.extras import AttentionOperands
+
+    s = build.student(resolved(_config(teacher_dir)))
+    ops = s.fm.module(s.fm.params).down[1].attn[0].operands
+    assert isinstance(ops, AttentionOperands) and ops.names == {"q": "sign_ste", "k": "sign_ste"}
+    q, k, v = (jax.random.normal(key, (2, 5, 8)) for key in jax.random.split(jax.random.key(0), 3))
+    got = attention(q, k, v, ops)
+    np.testing.assert_allclose(got, attention(jnp.sign(q), jnp.sign(k), v), rtol=1e-6)
+    assert not np.allclose(got, attention(q, k, v), atol=1e-3)
