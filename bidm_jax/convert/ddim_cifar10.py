@@ -77,7 +77,9 @@ def read_torch_checkpoint(path: str) -> dict:
     except ImportError as e:
         raise ImportError("reading a PyTorch checkpoint needs torch: "
                           "pip install 'bidm_jax[torch]'") from e
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: tensors and plain containers only. The default unpickler would run any
+    # code a crafted file names; the official EMA model and BiDM's list format load this way.
+    obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, (list, tuple)):
         obj = obj[0]
     return {k: v.detach().cpu().numpy() for k, v in obj.items()}

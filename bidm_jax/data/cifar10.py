@@ -27,6 +27,38 @@ HOW_TO_GET = (
 )
 
 
+# Everything the official python batches hold: a dict of bytes keys, lists, ints, bytes and
+# one uint8 ndarray (old and new numpy module names). Anything else is refused unread.
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """The unpickler of the CIFAR-10 python batches: admits only what that format holds, so
+    a crafted file cannot run code (the default unpickler imports and calls any global)."""
+
+    def __init__(self, f, source: str):
+        super().__init__(f, encoding="bytes")
+        self.source = source
+
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"{self.source} refers to {module}.{name}, which a CIFAR-10 python batch does not "
+            "hold; refusing to unpickle it (not the official archive, or a tampered file)")
+
+
+def _load_batch(f, source: str) -> dict:
+    try:
+        return _BatchUnpickler(f, source).load()
+    except pickle.UnpicklingError as e:
+        raise ValueError(str(e)) from None
+
+
 def _batches(split: str) -> list[str]:
     return [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
 
@@ -47,14 +79,15 @@ def _read_archive(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         dicts = []
         for n in names:
             with open(os.path.join(folder, n), "rb") as f:
-                dicts.append(pickle.load(f, encoding="bytes"))
+                dicts.append(_load_batch(f, os.path.join(folder, n)))
         return _stack_batches(dicts)
     with tarfile.open(path, "r:gz") as tar:
         members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
         missing = [n for n in names if n not in members]
         if missing:
             raise ValueError(f"{path} is not the CIFAR-10 python archive: missing {missing}")
-        dicts = [pickle.load(tar.extractfile(members[n]), encoding="bytes") for n in names]
+        dicts = [_load_batch(tar.extractfile(members[n]), f"{path}:{members[n].name}")
+                 for n in names]
     return _stack_batches(dicts)
 
 

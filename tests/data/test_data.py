@@ -90,3 +90,64 @@ def test_batches_are_deterministic_and_split_over_processes():
     assert not np.array_equal(full.global_indices(0), full.global_indices(5))
     with pytest.raises(ValueError, match="divisible"):
         BatchSource(images, 9, 0, False, process_count=2)
+
+
+class _Boom:
+    """Unpickling this calls os.system: what a crafted archive could do."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo owned > owned.txt",))
+
+
+def test_archive_reader_refuses_foreign_pickles(tmp_path, monkeypatch):
+    """The CIFAR batches are read with an unpickler that admits only what the format holds:
+    a batch that names any other global fails with the file named, and nothing runs."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, d in fake_batches().items():
+        if name == "data_batch_3":
+            d = {**d, b"batch_label": _Boom()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(d, f)
+    with pytest.raises(ValueError, match=r"data_batch_3 refers to posix.system|"
+                                         r"data_batch_3 refers to os.system|"
+                                         r"data_batch_3 refers to nt.system"):
+        load_cifar10("train", str(folder))
+    assert not (tmp_path / "owned.txt").exists()
+    x, _ = load_cifar10("test", str(folder))  # the untouched batch still loads
+    assert x.shape == (4, 32, 32, 3)
+
+
+def test_converter_reads_torch_files_weights_only(tmp_path, monkeypatch):
+    """torch.load is called with weights_only=True (no arbitrary unpickling); a BiDM-style
+    list's first item is the state dict."""
+    import sys
+    import types
+
+    from bidm_jax.convert import ddim_cifar10
+
+    calls = []
+
+    class Tensor:
+        def __init__(self, v):
+            self.v = v
+
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return self
+
+        def numpy(self):
+            return np.asarray(self.v)
+
+    def load(path, **kwargs):
+        calls.append(kwargs)
+        return [{"conv_in.weight": Tensor([1.0, 2.0])}]
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=load))
+    sd = ddim_cifar10.read_torch_checkpoint(str(tmp_path / "x.ckpt"))
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+    np.testing.assert_array_equal(sd["conv_in.weight"], [1.0, 2.0])
