@@ -17,6 +17,10 @@ steps (compile excluded). Variants:
 * ``bidm_tbs_l2``  TBS + L2 feature distillation
 * ``bidm``         full BiDM: TBS + SPD
 * ``xnor_spd``     XNOR + SPD
+* ``binarydm``     BinaryDM W1A4, paper mode: staged EBB, LSQ 4-bit, 8-bit edges, LRM
+* ``binarydm_code`` BinaryDM W1A4, code mode: two bases kept, per-batch steps, progressive
+* ``binarydm_baseline`` BinaryDM's Baseline W1A4 (single basis, LSQ 4-bit, no LRM)
+* ``lsq_w2a4``     LSQ W2A4
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# name -> (quant.method, distill.tbs, distill.loss[, {section.field: value}])
 VARIANTS = {
     "fp_teacher": ("fp", False, "none"),
     "xnor": ("xnor", False, "none"),
@@ -38,6 +43,10 @@ VARIANTS = {
     "bidm_tbs_l2": ("bidm", True, "l2"),
     "bidm": ("bidm", True, "spd"),
     "xnor_spd": ("xnor", False, "spd"),
+    "binarydm": ("binarydm", False, "lrm"),
+    "binarydm_code": ("binarydm", False, "lrm", {"distill.faithful_to": "code"}),
+    "binarydm_baseline": ("binarydm_baseline", False, "none"),
+    "lsq_w2a4": ("lsq", False, "none", {"quant.bits_w": 2}),
 }
 
 
@@ -50,10 +59,13 @@ def bench_variant(config, name: str, precision: str, steps: int, warmup: int) ->
     from bidm_jax.training import optim
     from bidm_jax.training.loop import matmul_precision
 
-    method, tbs, loss = VARIANTS[name]
+    method, tbs, loss, *over = VARIANTS[name]
     c = config.copy_and_resolve_references()
     c.quant.method = method
     c.distill.tbs, c.distill.loss = tbs, loss
+    for key, value in (over[0] if over else {}).items():
+        section, field = key.split(".")
+        c[section][field] = value
     c.train.matmul_precision = precision
     c = resolve_config(c, "distill")
     teacher = build.fp_model(c).params  # random weights: a step's cost does not depend on them

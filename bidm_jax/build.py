@@ -26,6 +26,7 @@ from flax import nnx
 
 from bidm_jax.diffusion import losses as dlosses
 from bidm_jax.diffusion import schedules
+from bidm_jax.distill import lrm as lrm_lib
 from bidm_jax.distill import objective
 from bidm_jax.distill import tbs as tbs_lib
 from bidm_jax.methods import Method, get_method
@@ -111,23 +112,28 @@ def initial_teacher_params(config, fm: Functional) -> dict:
 
 # --- student ---------------------------------------------------------------------------------
 
-def factory(config, packed: PackedOptions | None = None) -> QuantFactory:
+def factory(config, packed: PackedOptions | None = None,
+            packed_planes: dict | None = None) -> QuantFactory:
     """The layer factory of the config's method. Layers that need their output size
-    (XNOR-Net++'s Γ) get it from one abstract trace of the FP model."""
+    (XNOR-Net++'s Γ) get it from one abstract trace of the FP model; layers learn their block
+    group from the model family; ``packed_planes`` (path -> planes) come from an export."""
     mcfg, qcfg = config.model, config.quant
     sizes = None
     if method(config).needs_output_sizes(qcfg):
         fp = nnx.eval_shape(lambda: build_unet(mcfg, rngs=nnx.Rngs(0), factory=fp_factory()))
         sizes = trace.output_sizes(trace.trace_layers(fp, (1,) + input_shape(config)))
+    fam = family(config)
+    groups = (lambda path: fam.block_group(path, mcfg)) if fam.block_group else None
     return QuantFactory(qcfg, layer_sizes=sizes, dtype=compute_dtype(mcfg.dtype),
-                        packed=packed)
+                        block_group=groups, packed_planes=packed_planes, packed=packed)
 
 
 def quantized_model(config, packed: PackedOptions | None = None, *, abstract: bool = False,
-                    seed: int | None = None) -> nnx.Module:
+                    seed: int | None = None, packed_planes: dict | None = None) -> nnx.Module:
     """The model built through the method's factory (no teacher values, no TBS table)."""
     rngs = lambda: nnx.Rngs(config.seed if seed is None else seed)
-    make = lambda: build_unet(config.model, rngs=rngs(), factory=factory(config, packed))
+    make = lambda: build_unet(config.model, rngs=rngs(),
+                              factory=factory(config, packed, packed_planes))
     return nnx.eval_shape(make) if abstract else make()
 
 
@@ -157,36 +163,61 @@ def attach_tbs(module: nnx.Module, config) -> tuple[tbs_lib.Topology | None, dic
 
 
 def student(config, teacher_params: dict | None = None,
-            packed: PackedOptions | None = None) -> Student:
+            packed: PackedOptions | None = None, packed_planes: dict | None = None, *,
+            training: bool = False) -> Student:
     """The student of ``config``: its method's layers with the teacher's values copied in
     (``teacher_params``: flat dotted names; None = zeros of the teacher's shapes, when the
     values come later from a checkpoint), or, with ``packed``, the packed-layer graph of an
-    export (no teacher values)."""
+    export (no teacher values; ``packed_planes``: its per-layer plane counts).
+    ``training``: also the distillation's own state (LRM's projections), which sampling and
+    export do not need."""
     require_resolved(config)
     m = method(config)
     if packed is not None and not m.binary:
         raise ValueError(f"quant.method={m.name!r} has no binary layers to pack")
-    module = quantized_model(config, packed)
+    module = quantized_model(config, packed, packed_planes=packed_planes)
     if packed is None:
         if teacher_params is None:
             teacher_params = {n: np.zeros(s.shape, s.dtype)
                               for n, s in teacher(config).shapes().items()}
         load_teacher_params(module, teacher_params)
     topology, shapes = attach_tbs(module, config)
-    names = list(family(config).spd_features(module))
+    names = feature_names(config, module)
+    if config.distill.loss == "lrm" and training:
+        lrm_lib.attach_lrm(module, names, config.distill.lrm_mode, config.distill.lrm_k,
+                           input_shape(config))
     fm = Functional(module)
     model_fn, carry_init = objective.make_sample_fns(fm, topology, shapes)
     return Student(fm, m, topology, names, shapes, model_fn, carry_init)
 
 
-def sampling_model(config, packed: PackedOptions | None = None):
+def feature_names(config, module) -> list[str]:
+    """The tap names the distillation loss compares: the TimestepEmbed block outputs for LRM
+    (``Family.timestep_outputs``), BiDM's hooked features (``spd_features``) otherwise."""
+    fam = family(config)
+    if config.distill.loss == "lrm":
+        if fam.timestep_outputs is None:
+            raise ValueError(f"distill.loss='lrm' needs the TimestepEmbed block outputs of "
+                             f"model family {fam.name!r}, which it does not name")
+        return list(fam.timestep_outputs(module))
+    return list(fam.spd_features(module))
+
+
+def sampling_aux(aux: dict) -> dict:
+    """A checkpoint's auxiliary state without the distillation's own (LRM's projections),
+    which the sampling model does not hold."""
+    return {n: v for n, v in aux.items() if not n.startswith(lrm_lib.PREFIX + ".")}
+
+
+def sampling_model(config, packed: PackedOptions | None = None,
+                   packed_planes: dict | None = None):
     """(Functional, model_fn, carry_init) of the model a workdir holds: the FP model, or, for
     a student config (:func:`is_student`), the student with its TBS carry (packed layers with
     ``packed``). Only the graph is built (values come from a checkpoint or an export)."""
     if not is_student(config):
         fm = teacher(config)
         return fm, (lambda values, x, t, carry: fm(values, x, t, carry)), None
-    s = student(config, packed=packed)
+    s = student(config, packed=packed, packed_planes=packed_planes)
     return s.fm, s.model_fn, s.carry_init
 
 
@@ -244,13 +275,14 @@ def distill_trainable(config, teacher_fm: Functional, teacher_params: dict) -> t
         Trainable, Student]:
     """The student of ``config`` initialised from ``teacher_params`` (flat FP params, numpy or
     replicated jax arrays), its distillation loss and calibration."""
-    s = student(config, teacher_params)
+    s = student(config, teacher_params, training=True)
     loss_fn = objective.make_loss_fn(config, s.method, s.fm, teacher_fm, teacher_params,
                                      topology=s.topology, feature_names=s.feature_names)
     calibrate_fn = None
-    if s.method.needs_calibration(s.fm.module(s.fm.params)):
+    if (s.method.needs_calibration(s.fm.module(s.fm.params))
+            or config.distill.loss == "lrm"):
         calibrate_fn = objective.make_calibrate_fn(config, s.method, s.fm, teacher_fm,
-                                                   teacher_params)
+                                                   teacher_params, s.feature_names)
     t = Trainable(s.fm, s.fm.params, loss_fn, s.model_fn, s.carry_init, calibrate_fn,
                   input_shape(config), "_distill", describe(config, s), "distill.json")
     return t, s
@@ -266,4 +298,7 @@ def describe(config, s: Student) -> dict:
             "tbs_mix": [list(m) for m in s.topology.mix] if s.topology else [],
             "tbs_carry_floats_per_sample": tbs_lib.carry_floats(s.carry_shapes),
             "distill_features": s.feature_names if c.distill.loss != "none" else [],
+            **({"lrm_lambda": c.distill.lrm_lambda, "lrm_mode": c.distill.lrm_mode,
+                "lrm_k": c.distill.lrm_k} if c.distill.loss == "lrm" else {}),
+            **s.method.describe(c),
             "student_params": count(s.fm.params)}

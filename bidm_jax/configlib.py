@@ -116,14 +116,20 @@ def resolve_config(config, mode: str | None = None):
     validate_config(config)
     out = copy.deepcopy(config)
     family = get_family(out.model.name)
+    method = get_method(out.quant.method)
+    fp_layers, binary_layers = method.layer_patterns(family)
     with out.unlocked():
-        resolve_distill(out, get_method(out.quant.method))
+        resolve_distill(out, method)
         if not out.quant.fp_layers:
-            out.quant.fp_layers = tuple(family.fp_layers)
+            out.quant.fp_layers = fp_layers
         if not out.quant.binary_layers:
-            out.quant.binary_layers = tuple(family.binary_layers)
+            out.quant.binary_layers = binary_layers
+        if not out.quant.edge_layers:
+            out.quant.edge_layers = tuple(family.edge_layers)
         if (mode or out.mode) == "distill":
             apply_distill_training(out)
+        method.resolve_quant(out)
+    validate_config(out)
     return out
 
 

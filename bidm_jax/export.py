@@ -13,8 +13,9 @@ every other tensor, auxiliary state included, in float32. The file:
 
 * ``{workdir}/export/packed.npz``: an uncompressed ``np.savez`` of the tensors by dotted name,
   plus ``__config__`` (the resolved config as JSON) and ``__meta__`` (format, layout, the
-  packed layers with their contraction length, planes and activation bit width), both as
-  uint8 bytes. Files of format ``bidm_jax.packed/1`` (one plane, (words, O) / (O,)) still
+  packed layers with their contraction length, planes, weight and activation bit widths), both
+  as uint8 bytes. Multi-bit weights (LSQ, 8-bit first/last convs) are ``kernel_q`` (int8
+  levels) and ``kernel_step`` (O,) instead of planes; Files of format ``bidm_jax.packed/1`` (one plane, (words, O) / (O,)) still
   load;
 * ``{workdir}/export/export.json`` (the mode, :mod:`bidm_jax.modes.export`): real byte counts.
 
@@ -68,8 +69,12 @@ def pack_params(fm: Functional, values: dict) -> tuple[dict, dict]:
     (parameters and auxiliary state), and per-layer facts {path: {"k", "kernel_shape",
     "planes", "bits_w", "bits_a", "exact_zero_weights"}}.
 
-    Per binary layer: ``kernel_bits`` (P, words, O) and ``kernel_scale`` (P, O), the planes of
-    its weight quantizer's forward value, checked to rebuild it (:func:`weight_planes`).
+    Per 1-bit layer: ``kernel_bits`` (P, words, O) and ``kernel_scale`` (P, O), the planes of
+    its weight quantizer's forward value, checked to rebuild it (:func:`weight_planes`); P is
+    the number of bases in use (a two-basis binarizer after its stage switch stores one).
+    Per multi-bit layer (LSQ weights): ``kernel_q`` (int8 levels, the kernel's shape) and
+    ``kernel_step`` (O,), with planes 0. A layer whose progressive-binarization switch is
+    still off cannot be packed.
     """
     def quantized(v):  # every layer's W_q and its quantizer's inputs in one program
         return {base: (layer._quant_weight(),
@@ -80,18 +85,29 @@ def pack_params(fm: Functional, values: dict) -> tuple[dict, dict]:
     out, dropped, layers = {}, set(), {}
     for base, layer in binary_layers(fm.module(values)):
         spec, q = layer.spec, layer.spec.weight_quantizer
+        if spec.gated and float(np.asarray(values[f"{base}.quant_on"])) == 0.0:
+            raise ValueError(f"{base} is still full precision (progressive binarization has "
+                             "not reached it): export a checkpoint after the first steps")
         w = np.asarray(values[f"{base}.kernel"], np.float32)
-        try:
-            planes, zeros = weight_planes(q, w, w_q[base][0], w_q[base][1])
-        except ValueError as e:
-            raise ValueError(f"{base} ({spec.weight}): {e}") from None
         k = math.prod(w.shape[:-1])
-        out[f"{base}.kernel_bits"] = np.stack([pack_signs_host(src.reshape(k, w.shape[-1]))
-                                               for src, _ in planes])
-        out[f"{base}.kernel_scale"] = np.stack([scale for _, scale in planes])
+        if q.precision > 1:
+            levels, step = (np.asarray(a) for a in q.levels(w, **w_q[base][1]))
+            out[f"{base}.kernel_q"] = levels.astype(np.int8)
+            out[f"{base}.kernel_step"] = np.asarray(step, np.float32)
+            planes, zeros = [], 0
+        else:
+            try:
+                planes, zeros = weight_planes(q, w, w_q[base][0], w_q[base][1])
+            except ValueError as e:
+                raise ValueError(f"{base} ({spec.weight}): {e}") from None
+            out[f"{base}.kernel_bits"] = np.stack([pack_signs_host(src.reshape(k, w.shape[-1]))
+                                                   for src, _ in planes])
+            out[f"{base}.kernel_scale"] = np.stack([scale for _, scale in planes])
         act_attrs = {v.attr for v in layer._act_quantizer(isinstance(layer, QDense)).variables}
         dropped |= {f"{base}.kernel"} | {f"{base}.{v.attr}" for v in q.variables
                                          if v.attr not in act_attrs}
+        if spec.gated:
+            dropped.add(f"{base}.quant_on")
         if not spec.keep_bias:
             dropped.add(f"{base}.bias")
         layers[base] = {"k": k, "kernel_shape": list(w.shape), "planes": len(planes),
@@ -159,7 +175,7 @@ def _nbytes(arrays: dict) -> int:
 def byte_report(packed: dict, layers: dict, packed_file_bytes: int, student: dict,
                 teacher_shapes: dict, directory: str | None = None) -> dict:
     """The byte and tensor counts of export.json (see docs/export.md)."""
-    bits = {n for n in packed if n.endswith(".kernel_bits")}
+    bits = {n for n in packed if n.endswith((".kernel_bits", ".kernel_q"))}
     fp = {n: v for n, v in packed.items() if n not in bits}
     teacher_zeros = {n: np.zeros(s.shape, np.float32) for n, s in teacher_shapes.items()}
     teacher_npz = npz_bytes(teacher_zeros, directory)
@@ -220,7 +236,9 @@ def packed_sampling_model(config, path: str):
                          "use the student's config")
     _check_compatible(config, stored, path)
     opts = packed_options(config)
-    fm, model_fn, carry_init = build.sampling_model(config, packed=opts)
+    planes = {base: int(info["planes"]) for base, info in meta["packed_layers"].items()
+              if int(info.get("bits_w", 1)) == 1}
+    fm, model_fn, carry_init = build.sampling_model(config, packed=opts, packed_planes=planes)
     built = sorted(base for base, _ in binary_layers(fm.module(fm.params)))
     if built != sorted(meta["packed_layers"]):
         raise ValueError(f"packed export {path} holds binary layers "
@@ -228,8 +246,9 @@ def packed_sampling_model(config, path: str):
                          f"{built[:4]}...: sample with the config it was exported with")
     for base, info in meta["packed_layers"].items():
         name, k = f"{base}.kernel_bits", int(info["k"])
-        params[name] = np.stack([regroup_words_host(plane, k, 1, opts.group_words(k))
-                                 for plane in params[name]])
+        if name in params:
+            params[name] = np.stack([regroup_words_host(plane, k, 1, opts.group_words(k))
+                                     for plane in params[name]])
     aux = {n: v for n, v in params.items() if n in fm.aux}
     check_shapes(fm.shapes(), {n: v for n, v in params.items() if n not in aux},
                  f"packed export {path}")

@@ -1,5 +1,7 @@
-"""Reduced-scale reproduction of BiDM's CIFAR-10 comparison (BiDM Tables 1 and 3): one FP
-teacher trained here, nine W1A1 students distilled from it under one identical budget.
+"""Reduced-scale reproduction of BiDM's CIFAR-10 comparison (BiDM Tables 1 and 3) and of
+BinaryDM's W1A4 rows (BinaryDM Table 1): one FP teacher trained here, nine W1A1 and three
+low-bit students (BinaryDM W1A4, its Baseline W1A4, LSQ W2A4) distilled from it under one
+identical budget.
 
 The whole experiment is driven by ``launch/repro_cifar10_small.sh``; each of its stages is a
 plain CLI call with this file, e.g.
@@ -32,6 +34,10 @@ STUDENTS = {
     "bbcu": ("bbcu", None, "auto"),
     "xnor_tbs": ("xnor", True, "none"),    # BiDM Table 3: XNOR + TBS
     "xnor_spd": ("xnor", False, "spd"),    # BiDM Table 3: XNOR + SPD
+    # BinaryDM Table 1, W1A4 rows (paper mode: staged EBB, LSQ 4-bit, 8-bit edges, LRM).
+    "binarydm": ("binarydm", None, "auto"),
+    "binarydm_baseline": ("binarydm_baseline", None, "auto"),
+    "lsq_w2a4": ("lsq", None, "auto"),
 }
 
 # Diagnostic variants, run only when named in the driver's --models: they isolate one
@@ -123,7 +129,8 @@ def get_config(arg: str = "teacher"):
     for key, value in (overrides[0] if overrides else {}).items():
         c.quant[key] = value
     c.distill.tbs, c.distill.loss = tbs, loss
-    c.distill.faithful_to = "paper"      # lr 6e-5, λ_SPD 3e-2, α_init 0.3 for every student
+    c.distill.faithful_to = "paper"      # λ_SPD 3e-2, α_init 0.3 (BiDM paper values)
+    c.distill.lr = 6e-5                  # BiDM's paper lr for every student, W1A4 included
     c.train.batch_size, c.train.num_steps = b["student_batch"], b["student_steps"]
     c.train.ema_decay = b["student_ema"]
     c.ckpt.save_every = b["student_steps"]

@@ -21,7 +21,8 @@ import ml_collections
 from ml_collections import config_dict
 
 FAITHFUL_TO = ("paper", "code")
-LOSSES = ("auto", "spd", "l2", "none")
+LOSSES = ("auto", "spd", "l2", "lrm", "none")
+LRM_MODES = ("auto", "paper", "code")
 SPD_FORMS = ("code", "paper")
 TBS_TOPOLOGIES = ("code", "paper")
 
@@ -41,7 +42,7 @@ def get_distill_config() -> ml_collections.ConfigDict:
     c.lr = config_dict.placeholder(float)          # None = per faithful_to
     c.num_steps = config_dict.placeholder(int)     # None = train.num_steps
     c.batch_size = config_dict.placeholder(int)    # None = train.batch_size
-    c.loss = "auto"             # auto | spd | l2 | none (feature distillation term)
+    c.loss = "auto"             # auto | spd | l2 | lrm | none (feature distillation term)
     c.spd_lambda = config_dict.placeholder(float)  # None = per faithful_to (3e-2 / 1e-2)
     c.spd_patches = 4
     c.spd_form = "code"         # code (Frobenius of normalised row-Grams) | paper
@@ -49,13 +50,19 @@ def get_distill_config() -> ml_collections.ConfigDict:
     c.tbs_topology = "code"     # code: up-level-1 wiring | paper: last tbs_last_n up blocks
     c.tbs_last_n = 2            # paper topology: number of connections (CIFAR 2, LDM 8)
     c.tbs_init = config_dict.placeholder(float)    # α_init; None = per faithful_to
+    # BinaryDM's LRM (methods.md §3.4): lambda, subspace divisor K, and the axis it projects
+    # ('paper' channels, 'code' width; 'auto' = faithful_to).
+    c.lrm_lambda = 1e-4
+    c.lrm_k = 4
+    c.lrm_mode = "auto"
     return c
 
 
 def validate_distill_config(c) -> None:
     """Raises ValueError naming the field and its valid values."""
     for field, choices in (("faithful_to", FAITHFUL_TO), ("loss", LOSSES),
-                           ("spd_form", SPD_FORMS), ("tbs_topology", TBS_TOPOLOGIES)):
+                           ("spd_form", SPD_FORMS), ("tbs_topology", TBS_TOPOLOGIES),
+                           ("lrm_mode", LRM_MODES)):
         if c[field] not in choices:
             raise ValueError(f"distill.{field}={c[field]!r} is invalid; valid choices: "
                              f"{', '.join(choices)}")
@@ -71,6 +78,10 @@ def validate_distill_config(c) -> None:
         raise ValueError(f"distill.batch_size={c.batch_size} must be >= 1")
     if c.tbs_last_n < 1:
         raise ValueError(f"distill.tbs_last_n={c.tbs_last_n} must be >= 1")
+    if c.lrm_lambda < 0:
+        raise ValueError(f"distill.lrm_lambda={c.lrm_lambda} must be >= 0")
+    if not isinstance(c.lrm_k, int) or c.lrm_k < 1:
+        raise ValueError(f"distill.lrm_k={c.lrm_k!r} must be an int >= 1")
     if c.tbs is not None and not isinstance(c.tbs, bool):
         raise ValueError(f"distill.tbs={c.tbs!r} must be True, False or None (auto)")
 
@@ -90,6 +101,8 @@ def resolve_distill(config, method) -> None:
         d.tbs = False
     if d.loss == "auto":
         d.loss = "none"
+    if d.lrm_mode == "auto":
+        d.lrm_mode = d.faithful_to
 
 
 def apply_distill_training(config) -> None:

@@ -13,11 +13,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["spd_loss", "spd_patch_terms", "l2_feature_loss", "noise_loss", "total_loss",
-           "SPD_FORMS", "DISTILL_KINDS"]
+from bidm_jax.distill import lrm
+
+__all__ = ["spd_loss", "spd_patch_terms", "l2_feature_loss", "lrm_loss", "noise_loss",
+           "total_loss", "SPD_FORMS", "DISTILL_KINDS"]
 
 SPD_FORMS = ("code", "paper")
-DISTILL_KINDS = ("spd", "l2", "none")
+DISTILL_KINDS = ("spd", "l2", "lrm", "none")
 
 
 def _safe_norm(x: jax.Array, axis=None, keepdims=False) -> jax.Array:
@@ -122,6 +124,16 @@ def l2_feature_loss(student_feats: Sequence[jax.Array], teacher_feats: Sequence[
     return jnp.mean(jnp.stack(out))
 
 
+def lrm_loss(student_feats: Sequence[jax.Array], teacher_feats: Sequence[jax.Array],
+             mode: str = "code", k: int = 4) -> jax.Array:
+    """Low-rank Representation Mimicking (BinaryDM Eq. 11–15; :mod:`bidm_jax.distill.lrm`),
+    before λ: lists of NHWC features, each projection computed from its teacher feature as on
+    the first batch, returning the mean over features of the projected MSE. §8 item 13: code
+    mode, the SPD example features at 8×8 -> 2.237200."""
+    projs = [lrm.projection(t, mode, k) for t in teacher_feats]
+    return lrm.mean_term(student_feats, teacher_feats, projs, mode)
+
+
 def noise_loss(eps_pred: jax.Array, eps: jax.Array, *, reduction: str = "sum",
                loss_type: str = "l2") -> jax.Array:
     """Denoising loss (§2.7): per-sample sum (CIFAR code) or mean (LDM) over C,H,W of the
@@ -141,10 +153,12 @@ def noise_loss(eps_pred: jax.Array, eps: jax.Array, *, reduction: str = "sum",
 
 def total_loss(eps_pred, eps, student_feats=(), teacher_feats=(), *, distill: str = "spd",
                weight: float = 1e-2, patches: int = 4, spd_form: str = "code",
-               reduction: str = "sum", loss_type: str = "l2") -> tuple[jax.Array, dict]:
-    """BiDM objective (§2.7): L = noise_loss + weight · distillation.
+               reduction: str = "sum", loss_type: str = "l2", lrm_projections=(),
+               lrm_mode: str = "code") -> tuple[jax.Array, dict]:
+    """Distillation objective (§2.7, §3.4): L = noise_loss + weight · distillation.
 
-    distill: 'spd' (code default, weight 1e-2; paper CIFAR 3e-2), 'l2' or 'none'.
+    distill: 'spd' (code default, weight 1e-2; paper CIFAR 3e-2), 'l2', 'lrm' (BinaryDM,
+    weight 1e-4, with the fixed ``lrm_projections`` of the features) or 'none'.
     Returns (loss, {'noise': ..., 'distill': ...}) with the distillation term unweighted.
     """
     if distill not in DISTILL_KINDS:
@@ -154,6 +168,8 @@ def total_loss(eps_pred, eps, student_feats=(), teacher_feats=(), *, distill: st
         ld = spd_loss(student_feats, teacher_feats, patches, spd_form)
     elif distill == "l2":
         ld = l2_feature_loss(student_feats, teacher_feats)
+    elif distill == "lrm":
+        ld = lrm.mean_term(student_feats, teacher_feats, lrm_projections, lrm_mode)
     else:
         ld = jnp.zeros((), jnp.float32)
     return ln + weight * ld, {"noise": ln, "distill": ld}

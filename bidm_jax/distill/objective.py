@@ -2,9 +2,11 @@
 
     L = ε-loss(student(x_t, t), ε) + λ · D(student features, teacher features)
 
-D is SPD (BiDM), plain L2, or absent; features are the student's tap outputs *after* TBS
-mixing and the frozen FP teacher's at the same (x_t, t) (the tap names are the model
-family's ``spd_features``). With TBS on, the cache comes from a stop-gradient student pass at
+D is SPD (BiDM), plain L2, LRM (BinaryDM, λ = ``distill.lrm_lambda``, projections fixed by the
+calibration step) or absent; features are the student's tap outputs *after* TBS mixing and
+the frozen FP teacher's at the same (x_t, t) (the tap names are the model family's
+``spd_features``, or its ``timestep_outputs`` for LRM). A method may add a regulariser
+(:meth:`~bidm_jax.methods.Method.extra_loss`: BinaryDM's L_EBB). With TBS on, the cache comes from a stop-gradient student pass at
 (x_{t+1}, t+1) (t+1 clipped to T−1) with the same x0 and ε, dropout on, no mixing (BiDM
 ddpm_ours.py ``p_losses``). The method's step hook sets its auxiliary state before the
 forward (ReSTE's o); the main pass may advance running statistics, returned as the new
@@ -20,6 +22,7 @@ import numpy as np
 
 from bidm_jax.diffusion import losses as dlosses
 from bidm_jax.diffusion import schedules
+from bidm_jax.distill import lrm
 from bidm_jax.distill import tbs as tbs_lib
 from bidm_jax.distill.losses import total_loss
 from bidm_jax.methods import CalibrationContext
@@ -51,14 +54,14 @@ def make_loss_fn(config, method, student_fm: Functional, teacher_fm: Functional,
     T = dcfg.num_timesteps
     use_dropout = config.model.dropout > 0
     needs_teacher = dist.loss != "none"
-    total_steps = max(int(config.train.num_steps), 1)
+    lrm_names = lrm.projection_names(len(feature_names)) if dist.loss == "lrm" else []
 
     def loss_fn(params, aux, x0, key, step):
         k_t, k_n, k_d, k_c = jax.random.split(key, 4)
         t = dlosses.sample_timesteps(k_t, x0.shape[0], T, dcfg.antithetic)
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = dlosses.q_sample(x0, t, noise, abar)
-        aux = method.step_aux(aux, step / total_steps, config)
+        aux = method.step_aux(aux, step, config)
         module = student_fm.module(params, aux)
         feats_s: dict = {}
         metrics = {}
@@ -83,20 +86,30 @@ def make_loss_fn(config, method, student_fm: Functional, teacher_fm: Functional,
             teacher_fm(teacher_params, x_t, t, None, features=feats_t)
             s_feats = [feats_s[n] for n in feature_names]
             t_feats = [jax.lax.stop_gradient(feats_t[n]) for n in feature_names]
+        new_aux = student_fm.aux_of(module)
+        weight = dist.lrm_lambda if dist.loss == "lrm" else dist.spd_lambda
         loss, parts = total_loss(eps, noise, s_feats, t_feats, distill=dist.loss,
-                                 weight=float(dist.spd_lambda), patches=int(dist.spd_patches),
-                                 spd_form=dist.spd_form, reduction=dcfg.loss_reduction)
+                                 weight=float(weight), patches=int(dist.spd_patches),
+                                 spd_form=dist.spd_form, reduction=dcfg.loss_reduction,
+                                 lrm_projections=[new_aux[n] for n in lrm_names],
+                                 lrm_mode=dist.lrm_mode)
         metrics.update(noise_loss=parts["noise"], distill_loss=parts["distill"])
-        return loss, (metrics, jax.lax.stop_gradient(student_fm.aux_of(module)))
+        extra, extra_metrics = method.extra_loss(params, aux, step, config)
+        if extra is not None:
+            loss = loss + extra
+            metrics.update(extra_metrics)
+        return loss, (metrics, jax.lax.stop_gradient(new_aux))
 
     return loss_fn
 
 
 def make_calibrate_fn(config, method, student_fm: Functional, teacher_fm: Functional | None,
-                      teacher_params: dict | None) -> Callable:
+                      teacher_params: dict | None, feature_names: list[str] = ()) -> Callable:
     """``calibrate_fn(params, aux, x0, key) -> (params, aux)``: the method's calibration on
     one real batch x0 (B, H, W, C), noised at uniform timesteps, through a
-    :class:`~bidm_jax.methods.CalibrationContext`."""
+    :class:`~bidm_jax.methods.CalibrationContext`; then, for LRM, the projections of the
+    teacher's ``feature_names`` on the same batch."""
+    dist = config.distill
 
     def calibrate_fn(params, aux, x0, key):
         x_t, t, _ = _noised(config, x0, key)
@@ -114,7 +127,13 @@ def make_calibrate_fn(config, method, student_fm: Functional, teacher_fm: Functi
 
         ctx = CalibrationContext(forward=forward,
                                  teacher_features=teacher_features if teacher_fm else None)
-        return method.calibrate(ctx, params, aux)
+        params, aux = method.calibrate(ctx, params, aux)
+        if dist.loss == "lrm":  # E from the first batch's teacher features (Table 16)
+            feats = teacher_features()
+            aux = {**aux, **{n: lrm.projection(feats[f], dist.lrm_mode, int(dist.lrm_k))
+                             for n, f in zip(lrm.projection_names(len(feature_names)),
+                                             feature_names)}}
+        return params, aux
 
     return calibrate_fn
 

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bidm_jax.models.functional import tap_shapes
+
 ROW_WIDTH = 10  # timesteps per coefficient row: row = ⌊t/10⌋ (methods.md §2.5, §8 item 7)
 TABLE_NAME = "tbs.coefficients"
 
@@ -143,16 +145,7 @@ def tbs_apply(module, topology: Topology, x, t, cache, *, dropout_rng=None, feat
 def feature_shapes(module, topology: Topology, input_shape) -> dict[str, jax.ShapeDtypeStruct]:
     """Per-sample shapes/dtypes of the carried features, from an abstract trace of ``module``
     at ``input_shape`` = (H, W, C). Checks that every mixing point matches its source."""
-    graphdef, state = nnx.split(module)
-    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.int32)
-
-    def run(st, x, t):
-        feats = {}
-        nnx.merge(graphdef, st)(x, t, None, features=feats)
-        return feats
-
-    feats = jax.eval_shape(run, state, x, t)
+    feats = tap_shapes(module, input_shape)
     for point, src, _ in topology.mix:
         for name in (point, src):
             if name not in feats:

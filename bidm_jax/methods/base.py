@@ -58,6 +58,7 @@ class Method:
     input_scale: str = "none"      # none | box | kconv | xnorpp
     shortcut: str = "none"         # none | scaled | unit
     rprelu: str = "none"           # none | post_residual | pre_residual
+    bias: str = "drop"             # drop | keep: the binary layers' FP bias
     distill_defaults: tuple = ()   # ((distill field, value), ...) for fields left auto
     faithful_values: tuple = ()    # ((faithful_to, field, value), ...) over distill's table
     step_ms: float | None = None
@@ -75,10 +76,11 @@ class Method:
             return "learnable_scale"
         return self.weight
 
-    def layer_spec(self, path: str, qcfg) -> LayerSpec:
+    def layer_spec(self, path: str, qcfg, group: int | None = None) -> LayerSpec:
         """The :class:`LayerSpec` of layer ``path``: FP when it matches ``quant.fp_layers``
         (checked first), binary per this recipe when it matches ``quant.binary_layers``; a
-        path matching neither is an error, so a new layer never silently changes precision."""
+        path matching neither is an error, so a new layer never silently changes precision.
+        ``group``: the layer's block group in the model family (``Family.block_group``)."""
         if not self.binary or any(fnmatch.fnmatchcase(path, p) for p in qcfg.fp_layers):
             return LayerSpec(path=path, method=self.name, binary=False)
         if not any(fnmatch.fnmatchcase(path, p) for p in qcfg.binary_layers):
@@ -94,12 +96,17 @@ class Method:
             kconv_bias=qcfg.kconv_bias == "code", linear_tau=qcfg.linear_tau,
             shortcut_scale_init=float(qcfg.shortcut_scale_init),
             shortcut_abs=bool(qcfg.shortcut_abs), reste_threshold=float(qcfg.reste_threshold),
-            keep_bias=qcfg.binary_bias == "keep")
+            keep_bias=pick("binary_bias", self.bias) == "keep", group=group)
 
     def attention_quantizers(self, path: str, qcfg) -> dict[str, str] | None:
         """Activation quantizers on the attention operands of block ``path``: a dict with
         any of 'q', 'k', 'weights' (softmax output), 'v' -> registry name; None = none."""
         return None
+
+    def attention_gated(self, qcfg) -> bool:
+        """Whether the attention operand quantizers have an on/off switch (``quant_on``,
+        auxiliary state set by :meth:`step_aux`)."""
+        return False
 
     def needs_output_sizes(self, qcfg) -> bool:
         """Whether layers need their output size at build time (XNOR-Net++'s Γ)."""
@@ -114,6 +121,15 @@ class Method:
             if config.distill[field] in (None, "auto"):
                 config.distill[field] = value
 
+    def layer_patterns(self, family) -> tuple[tuple, tuple]:
+        """(fp_layers, binary_layers) patterns for ``quant`` fields left empty: the model
+        family's (a method that binarizes the family's FP skip convs moves them)."""
+        return tuple(family.fp_layers), tuple(family.binary_layers)
+
+    def resolve_quant(self, config) -> None:
+        """Fills the method's automatic ``quant`` fields into the (unlocked) full config, in
+        place, after the training fields are final (``resolve_config`` calls it last)."""
+
     def faithful(self, faithful_to: str) -> dict:
         """This method's changes to the ``faithful_to`` table of ``distill``."""
         return {f: v for which, f, v in self.faithful_values if which == faithful_to}
@@ -121,12 +137,21 @@ class Method:
     def validate(self, qcfg) -> None:
         """Raises ValueError on ``quant`` flags this method cannot honour."""
 
+    def describe(self, config) -> dict:
+        """The method's resolved settings for ``distill.json`` (beyond the common ones)."""
+        return {}
+
     # --- training hooks ---------------------------------------------------------------------
 
-    def step_aux(self, aux: dict, progress, config) -> dict:
-        """Auxiliary state before the step at ``progress`` = step / train.num_steps (traced
-        scalar). Default: unchanged."""
+    def step_aux(self, aux: dict, step, config) -> dict:
+        """Auxiliary state before training step ``step`` (a traced int scalar; the run has
+        ``config.train.num_steps``). Default: unchanged."""
         return aux
+
+    def extra_loss(self, params: dict, aux: dict, step, config):
+        """(scalar added to the training loss, {metric: value}): a method's regulariser.
+        Default: none."""
+        return None, {}
 
     def needs_calibration(self, module) -> bool:
         """Whether :meth:`calibrate` has work to do on the built student ``module``. Default:

@@ -14,7 +14,8 @@ AUX_LEAF = "reste_o"  # the layers' attribute (bidm_jax.quant.registry)
 
 @dataclasses.dataclass(frozen=True)
 class ReSTE(Method):
-    def step_aux(self, aux: dict, progress, config) -> dict:
+    def step_aux(self, aux: dict, step, config) -> dict:
+        progress = step / max(int(config.train.num_steps), 1)
         o = jnp.asarray(reste_o_schedule(progress, config.quant.reste_o_end), jnp.float32)
         return {n: (jnp.broadcast_to(o, jnp.shape(v)) if n.rsplit(".", 1)[-1] == AUX_LEAF
                     else v) for n, v in aux.items()}

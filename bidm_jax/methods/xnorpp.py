@@ -14,9 +14,9 @@ class XNORPlusPlus(Method):
             raise ValueError(f"quant.input_scale={qcfg.input_scale!r} cannot replace "
                              "XNOR-Net++'s Gamma; use 'auto' with method 'xnor++'")
 
-    def layer_spec(self, path, qcfg):
+    def layer_spec(self, path, qcfg, group=None):
         self.validate(qcfg)
-        return super().layer_spec(path, qcfg)
+        return super().layer_spec(path, qcfg, group)
 
 
 XNORPP = register_method(XNORPlusPlus(

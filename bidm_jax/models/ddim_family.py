@@ -103,7 +103,52 @@ def tbs_mix(model, kind: str, last_n: int = 2) -> tuple[tuple, int]:
     raise ValueError(f"distill.tbs_topology={kind!r} is invalid; valid choices: code, paper")
 
 
+def block_group(path: str, model_config) -> int | None:
+    """BinaryDM's layer group of ``path`` (methods.md §3.2) on this UNet.
+
+    The released code numbers the LDM UNet's TimestepEmbed blocks (input_blocks idx,
+    output_blocks idx, 3 per level) and takes g = idx // 3 on the way down, g = 3 − idx // 3
+    on the way up, 4 for the middle. On the DDIM UNet the same blocks are: input block
+    1 + i·(R+1) + j = ``down.i.block.j`` (+ its attention), 1 + i·(R+1) + R =
+    ``down.i.downsample``, output block (L−1−i)·(R+1) + j = ``up.i.block.j`` (+ attention,
+    the level's upsample in its last block), R = num_res_blocks, L levels. So the group is
+    the level i (the downsample of level i: i + 1, its output lives one level down), and
+    the middle block is group L. Group g's features are at 2^−g of the input's scale, which
+    makes groups 0 and 1 the "feature scale >= 1/2" head/tail blocks of the paper (CIFAR-10:
+    32² and 16²). ``conv_in`` (input block 0) is group 0; the time MLP and ``conv_out`` are
+    outside the blocks (None). Unlike the code's formula, this also holds for L != 4.
+    """
+    parts = path.split(".")
+    if parts[0] == "conv_in":
+        return 0
+    if parts[0] == "mid":
+        return len(model_config.ch_mult)
+    if parts[0] in ("down", "up") and len(parts) > 2 and parts[1].isdigit():
+        i = int(parts[1])
+        return i + 1 if parts[0] == "down" and parts[2] == "downsample" else i
+    return None
+
+
+def num_groups(model_config) -> int:
+    """L + 1 block groups: levels 0..L−1 and the middle block (CIFAR-10: 5)."""
+    return len(model_config.ch_mult) + 1
+
+
+def timestep_outputs(model) -> list[str]:
+    """Tap names of the TimestepEmbed block outputs in execution order (LDM's input_blocks,
+    middle_block, output_blocks; LRM's features): ``conv_in``, ``down.i.block.j`` (after its
+    attention), ``down.i.downsample``, ``mid.block_2``, then :func:`up_block_outputs`. DDIM
+    CIFAR-10: 12 + 1 + 12 = 25, as LDM-4's."""
+    names = ["conv_in"]
+    for i in range(model.num_levels):
+        names += [f"down.{i}.block.{j}" for j in range(model.num_res_blocks)]
+        if i != model.num_levels - 1:
+            names.append(f"down.{i}.downsample")
+    return names + ["mid.block_2"] + up_block_outputs(model)
+
+
 DDIM_UNET = register_family(Family(
     name="ddim_unet", build=build, fp_layers=FP_LAYERS, binary_layers=BINARY_LAYERS,
     input_shape=input_shape, validate=validate, spd_features=spd_features, tbs_mix=tbs_mix,
-    skip_patterns=("*.nin_shortcut",)))
+    skip_patterns=("*.nin_shortcut",), edge_layers=("conv_in", "conv_out"),
+    block_group=block_group, num_groups=num_groups, timestep_outputs=timestep_outputs))

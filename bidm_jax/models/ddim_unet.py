@@ -221,7 +221,7 @@ class DDIMUNet(nnx.Module):
           dropout_rng: key enabling dropout (training); None = no dropout.
           mixer: TBS hook, see ``Mixer``.
           features: optional dict filled with every tap point's output (after mixing), keyed
-            by name: ``down.{i}.block.{j}`` (after its attention, if any),
+            by name: ``conv_in``, ``down.{i}.block.{j}`` (after its attention, if any),
             ``down.{i}.downsample``, ``{block}.conv2`` (the conv2 output of every ResnetBlock,
             before the residual add; BiDM's CIFAR code hooks ``down.3.block.1.conv2`` and
             ``mid.block_2.conv2``), ``mid.block_2``, ``up.{i}.block.{j}`` (the ResnetBlock
@@ -246,7 +246,7 @@ class DDIMUNet(nnx.Module):
             return lambda h: tap(f"{block_name}.conv2", h)
 
         temb = self.temb.dense[1](swish(self.temb.dense[0](timestep_embedding(t, self.ch))))
-        hs = [self.conv_in(x)]
+        hs = [tap("conv_in", self.conv_in(x))]
         for i, level in enumerate(self.down):
             for j in range(self.num_res_blocks):
                 h = level.block[j](hs[-1], temb, rng(), conv2_tap(f"down.{i}.block.{j}"))

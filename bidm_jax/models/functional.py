@@ -117,6 +117,22 @@ class Functional:
         return {n: jax.ShapeDtypeStruct(_shape(v), v.dtype) for n, v in self.aux.items()}
 
 
+def tap_shapes(module: nnx.Module, input_shape) -> dict:
+    """Shapes/dtypes (batch 1) of every feature tap of ``module`` (called as
+    ``module(x, t, None, features=feats)``), from an abstract trace at ``input_shape`` =
+    (H, W, C)."""
+    graphdef, state = nnx.split(module)
+    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), np.float32)
+    t = jax.ShapeDtypeStruct((1,), np.int32)
+
+    def run(st, x, t):
+        feats = {}
+        nnx.merge(graphdef, st)(x, t, None, features=feats)
+        return feats
+
+    return jax.eval_shape(run, state, x, t)
+
+
 def check_shapes(expected: dict, got: dict, what: str) -> None:
     """Raises a ValueError naming every tensor that is missing, unexpected or mis-shaped."""
     problems = [f"  {n}: missing" for n in expected if n not in got]

@@ -8,6 +8,13 @@ family instead of assuming DDIM names:
 * ``fp_layers`` / ``binary_layers``: fnmatch patterns on the layer paths (the official
   state-dict names); ``quant.fp_layers`` / ``quant.binary_layers`` left empty resolve to these;
 * ``skip_patterns``: the FP 1×1 skip convs the papers leave out of their FLOPs;
+* ``edge_layers``: the first and last convs (8-bit in BinaryDM's paper);
+* ``block_group(path, model_config)``: the block group of a layer in BinaryDM's grouping of
+  the TimestepEmbed blocks (0 = the highest-resolution head/tail blocks ... L−1, the middle
+  block L; None outside the blocks), which decides its two bases and when progressive
+  binarization reaches it (methods.md §3.2, §3.5); ``num_groups(model_config)`` their count;
+* ``timestep_outputs(model)``: the tap names of the TimestepEmbed block outputs (LRM's
+  features, methods.md §3.4);
 * ``spd_features(model)``: the tap names distilled by SPD/L2 (BiDM's hooked features);
 * ``tbs_mix(model, kind, last_n)``: TBS mixing points ``((point, source, column), ...)`` and
   the number of coefficient columns, for the ``code`` and ``paper`` wirings;
@@ -47,6 +54,10 @@ class Family:
     spd_features: Callable
     tbs_mix: Callable
     skip_patterns: tuple[str, ...] = ()
+    edge_layers: tuple[str, ...] = ()
+    block_group: Callable | None = None
+    num_groups: Callable | None = None
+    timestep_outputs: Callable | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -42,9 +42,10 @@ def run_export(config, workdir: str) -> dict:
                                          with_aux=True)
     check_shapes(fm.shapes(), params, f"student checkpoint {ckpt_dir}")
     params = {n: np.asarray(v) for n, v in params.items()}
-    values = {**params, **{n: np.asarray(v) for n, v in aux.items()}}
+    values = {**params, **{n: np.asarray(v) for n, v in build.sampling_aux(aux).items()}}
     packed, layers = export.pack_params(fm, values)
-    disk_fm = build.student(config, packed=export.DISK).fm
+    planes = {b: i["planes"] for b, i in layers.items() if i["bits_w"] == 1}
+    disk_fm = build.student(config, packed=export.DISK, packed_planes=planes).fm
     check_shapes({**disk_fm.shapes(), **disk_fm.aux_shapes()}, packed, "packed parameters")
     out_dir = os.path.join(workdir, "export")
     path = os.path.join(out_dir, "packed.npz")

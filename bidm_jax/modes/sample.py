@@ -36,6 +36,7 @@ def run_sample(config, workdir: str) -> str:
                                              with_aux=True,
                                              sharding=parallel.replicated(mesh))
         check_shapes(fm.shapes(), params, f"checkpoint {source}")
+        aux = build.sampling_aux(aux)
         if aux:
             check_shapes(fm.aux_shapes(), aux, f"checkpoint {source} [aux]")
         values = {**params, **aux}

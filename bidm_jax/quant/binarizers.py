@@ -31,7 +31,10 @@ __all__ = [
     "act_dorefa",
     "act_reste",
     "lsq_quantize",
+    "lsq_integer",
     "lsq_init_scale",
+    "lsq_channel_init",
+    "ebb_weight",
     "lsq_levels",
     "input_abs_mean",
     "conv2d_nhwc",
@@ -178,20 +181,79 @@ def lsq_quantize(x: jax.Array, s: jax.Array, bits: int, *, signed: bool = True,
 
     dx_q/ds = round(x/s) - x/s inside the range, -Q_N below, Q_P above, multiplied by
     g = 1/sqrt(N·Q_P) (N = ``num_elements``, default x.size). dx_q/dx = 1 inside, 0
-    outside. s: scalar or broadcastable to x (e.g. (O,) per output channel).
+    outside. s: scalar or broadcastable to x (e.g. (O,) per output channel). Signed b >= 2
+    runs :func:`bidm_jax.quant.ste.lsq`; unsigned (and signed 1-bit) the same rule inline.
     """
     qn, qp = lsq_levels(bits, signed)
     n = x.size if num_elements is None else num_elements
     g = 1.0 / math.sqrt(n * max(qp, 1))
     s = ste.grad_scale(s, g)
+    if signed and bits >= 2:
+        return ste.lsq(x, s, bits)
     v = jnp.clip(x / s, -qn, qp)
     return ste.round_ste(v) * s
+
+
+def lsq_integer(x: jax.Array, s: jax.Array, bits: int) -> jax.Array:
+    """The signed integer levels round(clip(x/s, -Q_N, Q_P)) of :func:`lsq_quantize`'s
+    forward (x_q = levels·s), in x's dtype: what a packed layer feeds its integer core."""
+    qn, qp = lsq_levels(bits, True)
+    return jnp.round(jnp.clip(x / s, -qn, qp))
 
 
 def lsq_init_scale(x: jax.Array, bits: int, signed: bool = True) -> jax.Array:
     """LSQ init s = 2·mean|x|/sqrt(Q_P) (methods.md §5; §4.6 item 2 gives 0.740810)."""
     _, qp = lsq_levels(bits, signed)
     return 2.0 * jnp.mean(jnp.abs(x)) / math.sqrt(qp)
+
+
+def lsq_channel_init(w: jax.Array, bits: int) -> jax.Array:
+    """Per-output-channel LSQ weight step 2·mean|W|/sqrt(Q_P): (..., O) -> (O,)."""
+    _, qp = lsq_levels(bits, True)
+    return 2.0 * per_channel_abs_mean(w) / math.sqrt(qp)
+
+
+# --- EBB: BinaryDM's evolvable-basis binarizer (BinaryDM Eq. 5-8; methods.md §3.2) ----------
+
+@jax.custom_vjp
+def ebb_weight(w: jax.Array, sigma1: jax.Array, sigma2: jax.Array) -> jax.Array:
+    """Two-basis weight w_bi = σ_I·sign(w) + σ_II·sign(w − σ_I·sign w) (Eq. 5).
+
+    w: (kh, kw, I, O) or (I, O); sigma1, sigma2: (O,) learnable per output channel (init
+    mean|w| and mean|w − σ_I sign w|, :func:`per_channel_abs_mean`), broadcast over the last
+    axis. With r = w − σ_I·sign(w), the clipped-STE masks m_w = 1[|w| <= 1] (the released
+    code's BinaryQuantize) and m_r = 1[|r| < 1] (Eq. 7):
+
+    * dw_bi/dσ_I = sign(w)·(1 − σ_II·m_r)                                    (Eq. 7)
+    * dw_bi/dσ_II = sign(r)                                                  (Eq. 8)
+    * dw_bi/dw = σ_I·m_w + σ_II·m_r·(1 − σ_I·m_w)     (the chain rule through r)
+
+    σ_II = 0 is the single basis σ_I·sign(w) with its gradients (the paper's stage 2).
+    §8 item 9: w = [0.5, −0.2, 0.1, −0.4] -> σ_I 0.3, σ_II 0.15, w_bi [0.45, −0.15, 0.15,
+    −0.45]. Forward signs follow torch.sign (sign(0) = 0).
+    """
+    b1 = jnp.sign(w)
+    return sigma1 * b1 + sigma2 * jnp.sign(w - sigma1 * b1)
+
+
+def _ebb_fwd(w, sigma1, sigma2):
+    return ebb_weight(w, sigma1, sigma2), (w, sigma1, sigma2)
+
+
+def _ebb_bwd(res, g):
+    w, s1, s2 = res
+    b1 = jnp.sign(w)
+    r = w - s1 * b1
+    m_w = (jnp.abs(w) <= 1.0).astype(g.dtype)
+    m_r = (jnp.abs(r) < 1.0).astype(g.dtype)
+    axes = tuple(range(w.ndim - 1))
+    d1 = jnp.sum(g * b1 * (1.0 - s2 * m_r), axis=axes)
+    d2 = jnp.sum(g * jnp.sign(r), axis=axes)
+    dw = g * (s1 * m_w + s2 * m_r * (1.0 - s1 * m_w))
+    return dw, d1.reshape(jnp.shape(s1)), d2.reshape(jnp.shape(s2))
+
+
+ebb_weight.defvjp(_ebb_fwd, _ebb_bwd)
 
 
 # --- input scale maps (XNOR-Net K, BiDM k-conv, XNOR-Net++ Gamma) ---------------------------

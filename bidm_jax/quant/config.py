@@ -9,6 +9,7 @@ name is checked against the method registry (:mod:`bidm_jax.methods`) at start-u
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 __all__ = ["get_quant_config", "validate_quant_config", "CHOICES"]
 
@@ -21,7 +22,9 @@ CHOICES = {
     "shortcut": ("auto", "none", "scaled", "unit"),
     "input_scale": ("auto", "none", "box", "kconv"),
     "rprelu": ("auto", "none", "post_residual", "pre_residual"),
-    "binary_bias": ("drop", "keep"),
+    "binary_bias": ("auto", "drop", "keep"),
+    "two_basis": ("auto", "paper", "code", "none"),
+    "act_step": ("auto", "learned", "dynamic"),
 }
 
 
@@ -54,13 +57,32 @@ def get_quant_config() -> ml_collections.ConfigDict:
     # ReSTE (§5): o goes from 1 to reste_o_end with a cosine schedule; threshold t.
     c.reste_o_end = 3.0
     c.reste_threshold = 1.5
-    # Binary layers drop the conv/linear bias (§2.2, code); 'keep' adds it back.
-    c.binary_bias = "drop"
+    # Binary layers' conv/linear bias: 'auto' = the method's recipe (W1A1 methods drop it,
+    # §2.2 code; BinaryDM / LSQ keep it, §3.2 code); 'drop' | 'keep' override it.
+    c.binary_bias = "auto"
+    # --- low-bit methods (binarydm, binarydm_baseline, lsq; methods.md §3, §5) -------------
+    # None / 'auto' = the method's value for distill.faithful_to (docs/binarydm.md).
+    c.bits_w = config_dict.placeholder(int)   # lsq weights (2); BinaryDM weights are 1 bit
+    c.bits_a = config_dict.placeholder(int)   # activations: 4 (W1A4); 8, 32 (= FP) by override
+    # EBB two-basis weights on the head/tail groups: 'paper' (until ebb_switch_step, with the
+    # sigma_II regulariser), 'code' (kept to the end, no regulariser), 'none' (single basis).
+    c.two_basis = "auto"
+    c.two_basis_groups = 2        # groups 0..n-1 (feature scale >= 1/2 of the input's)
+    c.ebb_tau = 9e-2              # L_EBB = tau * mean sigma_II (paper Table 11 "mu")
+    c.ebb_switch_step = config_dict.placeholder(int)  # None = half of train.num_steps
+    # LSQ activation step: 'learned' (calibrated on the first batch, then trained) or
+    # 'dynamic' (2·mean|x|/sqrt(Q_P) of every batch, the released code's _ActQ).
+    c.act_step = "auto"
+    c.first_last_bits = config_dict.placeholder(int)  # W/A bits of quant.edge_layers; 32 = FP
+    c.progressive = config_dict.placeholder(bool)     # one layer group per step (code)
+    c.attn_quant = config_dict.placeholder(bool)      # LSQ on attention q, k, softmax, v
+    c.attn_quant_start = config_dict.placeholder(int)  # first step with it on (code: groups+1)
     # Layers kept FP / binarized: fnmatch patterns on the layer paths (official state-dict
     # names), FP checked first. Empty = the model family's (bidm_jax.models), filled in at
     # start-up; a path matching neither list is an error.
     c.fp_layers = ()
     c.binary_layers = ()
+    c.edge_layers = ()   # the first and last convs (methods quantizing them at 8 bits)
     return c
 
 
@@ -78,7 +100,18 @@ def validate_quant_config(cfg) -> None:
     if not float(cfg.reste_threshold) > 0.1:
         raise ValueError(
             f"quant.reste_threshold must be > 0.1 (the secant interval), got {cfg.reste_threshold}")
-    for field in ("fp_layers", "binary_layers"):
+    for field in ("bits_w", "bits_a", "first_last_bits"):
+        v = cfg[field]
+        if v is not None and not (v == 32 or 1 <= v <= 8):
+            raise ValueError(f"quant.{field}={v!r} must be in 1..8 or 32 (full precision)")
+    if cfg.two_basis_groups < 0:
+        raise ValueError(f"quant.two_basis_groups={cfg.two_basis_groups} must be >= 0")
+    if cfg.ebb_tau < 0:
+        raise ValueError(f"quant.ebb_tau={cfg.ebb_tau} must be >= 0")
+    for field in ("ebb_switch_step", "attn_quant_start"):
+        if cfg[field] is not None and cfg[field] < 0:
+            raise ValueError(f"quant.{field}={cfg[field]} must be >= 0")
+    for field in ("fp_layers", "binary_layers", "edge_layers"):
         pats = cfg[field]
         if isinstance(pats, str) or not all(isinstance(p, str) for p in pats):
             raise ValueError(f"quant.{field} must be a tuple of fnmatch patterns, got {pats!r}")

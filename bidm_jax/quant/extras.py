@@ -16,6 +16,7 @@ from flax import nnx
 from bidm_jax.models.layers import torch_uniform
 from bidm_jax.quant import binarizers as B
 from bidm_jax.quant import variables
+from bidm_jax.quant.registry import QuantGate
 
 __all__ = ["RPReLU", "KConv", "XnorppScale", "Shortcut1x1", "avg_pool", "AttentionOperands",
            "OPERANDS"]
@@ -104,9 +105,10 @@ class AttentionOperands(nnx.Module):
     """Activation quantizers on the operands of one attention block (the factory's attention
     hook): ``quantizers`` maps any of 'q', 'k', 'weights' (the softmax output) and 'v' to a
     registry activation quantizer. Each operand's quantizer variables live under
-    ``{block}.operands.{operand}``."""
+    ``{block}.operands.{operand}``. ``gated``: a ``quant_on`` switch (auxiliary state, 1.0 =
+    quantize) that the method's step hook sets (BinaryDM's code turns it on at step 5)."""
 
-    def __init__(self, path: str, quantizers: dict[str, str]):
+    def __init__(self, path: str, quantizers: dict[str, str], gated: bool = False):
         bad = set(quantizers) - set(OPERANDS)
         if bad:
             raise ValueError(f"{path}: unknown attention operands {sorted(bad)}; valid: "
@@ -118,6 +120,7 @@ class AttentionOperands(nnx.Module):
             variables.build(holder, variables.quantizer(name, "activation").variables,
                             None, None)
             setattr(self, op, holder)
+        self.quant_on = QuantGate(jnp.asarray(1.0, jnp.float32)) if gated else None
 
     def __call__(self, operand: str, x: jax.Array) -> jax.Array:
         """x quantized as ``operand`` says (unchanged when that operand has no quantizer)."""
@@ -125,4 +128,7 @@ class AttentionOperands(nnx.Module):
         if name is None:
             return x
         q = variables.quantizer(name, "activation")
-        return q(x, **variables.kwargs(getattr(self, operand), q, None, x))
+        y = q(x, **variables.kwargs(getattr(self, operand), q, None, x))
+        if self.quant_on is None:
+            return y
+        return jnp.where(self.quant_on[...] > 0, y, x)

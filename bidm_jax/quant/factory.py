@@ -16,7 +16,7 @@ FP or binary and how; the config's ``fp_layers`` / ``binary_layers`` patterns mu
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 from flax import nnx
 
@@ -41,11 +41,15 @@ class QuantFactory:
     dtype: compute dtype (e.g. jnp.bfloat16); inputs are cast to it, params stay float32.
     packed: build the binary layers in packed form (1-bit ``kernel_bits`` + ``kernel_scale``
     instead of the FP ``kernel``, executed as the options say; :mod:`bidm_jax.quant.packed`).
+    block_group: path -> the layer's block group (the model family's ``block_group``; None =
+    no grouping). packed_planes: path -> sign planes of a packed layer (an export's counts).
     ``specs`` records the resolved :class:`LayerSpec` of every layer built, by path.
     """
 
     def __init__(self, config=None, *, layer_sizes: Mapping[str, tuple[int, int]] | None = None,
-                 dtype=None, packed: PackedOptions | None = None):
+                 dtype=None, packed: PackedOptions | None = None,
+                 block_group: Callable[[str], int | None] | None = None,
+                 packed_planes: Mapping[str, int] | None = None):
         self.config = get_quant_config() if config is None else config
         validate_quant_config(self.config)
         if not self.config.fp_layers and not self.config.binary_layers:
@@ -56,6 +60,8 @@ class QuantFactory:
         self.dtype = dtype
         self.packed = packed
         self.layer_sizes = dict(layer_sizes or {})
+        self.block_group = block_group
+        self.packed_planes = dict(packed_planes or {})
         self.specs: dict[str, LayerSpec] = {}
 
     def _spec(self, path: str) -> LayerSpec:
@@ -64,7 +70,8 @@ class QuantFactory:
         if path in self.specs:
             raise ValueError(f"layer path {path!r} was built twice; paths must be unique "
                              "(use a fresh QuantFactory for each model)")
-        spec = self.method.layer_spec(path, self.config)
+        group = self.block_group(path) if self.block_group is not None else None
+        spec = self.method.layer_spec(path, self.config, group)
         self.specs[path] = spec
         return spec
 
@@ -82,17 +89,19 @@ class QuantFactory:
             out_hw = tuple(self.layer_sizes[path])
         return QConv(spec, in_features, out_features, kernel_size, stride=stride,
                      padding=padding, out_hw=out_hw, dtype=self.dtype, packed=self.packed,
-                     rngs=rngs)
+                     planes=self.packed_planes.get(path), rngs=rngs)
 
     def dense(self, path: str, in_features: int, out_features: int, *, rngs: nnx.Rngs) -> QDense:
         """Dense layer for ``path``: kernel (I,O), bias (O,) plus the method's extras."""
         return QDense(self._spec(path), in_features, out_features, dtype=self.dtype,
-                      packed=self.packed, rngs=rngs)
+                      packed=self.packed, planes=self.packed_planes.get(path), rngs=rngs)
 
     def attention(self, path: str, channels: int, *, rngs: nnx.Rngs):
         """The method's quantizers on the operands of attention block ``path`` (None: none)."""
         quantizers = self.method.attention_quantizers(path, self.config)
-        return AttentionOperands(path, quantizers) if quantizers else None
+        if not quantizers:
+            return None
+        return AttentionOperands(path, quantizers, gated=self.method.attention_gated(self.config))
 
     @property
     def binary_paths(self) -> list[str]:

@@ -11,14 +11,21 @@ teacher's parameters load into them unchanged; binary layers add their method's 
 * ``xnorpp``: XNOR-Net++ Gamma factors alpha (O,), beta (H_out,), gamma (W_out,);
 * ``shortcut_scale`` (1,) and ``shortcut`` (FP 1×1 conv, only when I != O) (§2.4);
 * ``rprelu``: RPReLU shifts and slopes (O,);
-* ``reste_o``: ReSTE's schedule value o, a :class:`ReSTEPower` (auxiliary state).
+* ``reste_o``: ReSTE's schedule value o, a :class:`ReSTEPower` (auxiliary state);
+* ``quant_on`` (``spec.gated``): a :class:`QuantGate` (auxiliary state, 1.0 = quantized),
+  which BinaryDM's progressive binarization sets per layer group (methods.md §3.5): while it
+  is 0 the layer runs its FP kernel on its FP input.
 
 Packed form (``packed=PackedOptions(...)``, built by ``QuantFactory(..., packed=...)`` for
 ``--mode export`` checkpoints): a binary layer holds ``kernel_bits`` (sign bits of the kernel,
 int32 words, one plane per basis of the weight quantizer: (P, words, O)) and
 ``kernel_scale`` (P, O) instead of ``kernel`` (and the weight quantizer's variables), and no
-``bias`` unless ``quant.binary_bias='keep'``; its core product runs from the bits
+``bias`` unless the spec keeps it; its core product runs from the bits
 (:mod:`bidm_jax.quant.packed`) and the epilogue is the same code as the fake-quant layer's.
+Multi-bit activations (LSQ) enter the integer core as their integer levels, the step
+multiplied after it. A multi-bit weight quantizer (LSQ, 8-bit first/last convs) is stored as
+``kernel_q`` (the kernel's shape, int8 levels) and ``kernel_step`` (O,) instead, and its core
+runs in float on the dequantized kernel (the same values as the fake-quant layer).
 
 Inputs are NHWC (conv) or (..., I) (dense). Binary forwards follow methods.md §2.2-2.4
 (bidm, xnor) and §5 (baselines); the bias is dropped unless ``quant.binary_bias='keep'``.
@@ -38,9 +45,9 @@ from bidm_jax.quant import trace, variables
 from bidm_jax.quant.extras import (KConv, RPReLU, Shortcut1x1, XnorppScale, _torch_uniform,
                                    avg_pool)
 from bidm_jax.quant.policy import LayerSpec
-from bidm_jax.quant.registry import ReSTEPower
+from bidm_jax.quant.registry import QuantGate, ReSTEPower
 
-__all__ = ["ReSTEPower", "QConv", "QDense", "quantizers_in"]
+__all__ = ["ReSTEPower", "QuantGate", "QConv", "QDense", "quantizers_in"]
 
 
 class _Binary:
@@ -50,28 +57,35 @@ class _Binary:
     packed: P.PackedOptions | None
 
     def _build_kernel(self, spec: LayerSpec, shape: tuple, fan_in: int,
-                      packed: P.PackedOptions | None, rngs: nnx.Rngs):
+                      packed: P.PackedOptions | None, rngs: nnx.Rngs, planes: int | None = None):
         """FP ``kernel`` (kh,kw,I,O)/(I,O) and ``bias`` (O,), or, for a packed binary layer,
         ``kernel_bits`` (P, num_words(K, g), O) int32 and ``kernel_scale`` (P, O): P sign
         planes of the weight quantizer with their scales (W_q = Σ_p scale_p·sign_p);
         K = prod of all kernel axes but the last. Packed values are placeholders until a
-        checkpoint loads."""
+        checkpoint loads. ``planes``: the planes of a packed layer (an export's own count),
+        default the weight quantizer's ``stored_planes``. A multi-bit weight quantizer packs
+        as ``kernel_q`` (shape, int8) and ``kernel_step`` (O,) instead."""
         self.packed = packed if spec.binary else None
         self.kernel_shape = tuple(shape)
         out = shape[-1]
         if self.packed is None:
+            if spec.gated:  # a packed layer is quantized for good
+                self.quant_on = QuantGate(jnp.asarray(1.0, jnp.float32))
             self.kernel = nnx.Param(_torch_uniform(rngs.params(), shape, fan_in))
             self.bias = nnx.Param(_torch_uniform(rngs.params(), (out,), fan_in))
             return
+        self.bias = nnx.Param(jnp.zeros((out,), jnp.float32)) if spec.keep_bias else None
+        if spec.bits_w > 1:
+            self.kernel_q = nnx.Param(jnp.zeros(tuple(shape), jnp.int8))
+            self.kernel_step = nnx.Param(jnp.ones((out,), jnp.float32))
+            return
         k = math.prod(shape[:-1])
-        planes = spec.weight_quantizer.planes
+        planes = spec.weight_quantizer.stored_planes if planes is None else planes
         self.group_words = packed.group_words(k)
         self.kernel_bits = nnx.Param(jnp.zeros((planes,) + P.words_shape(k, out,
                                                                          self.group_words),
                                                jnp.int32))
         self.kernel_scale = nnx.Param(jnp.ones((planes, out), jnp.float32))
-        # A dropped bias (binary_bias='drop') is dead weight: the packed layer has none.
-        self.bias = nnx.Param(jnp.zeros((out,), jnp.float32)) if spec.keep_bias else None
 
     def _build_common(self, spec: LayerSpec, in_features: int):
         if spec.channel_shift:
@@ -88,16 +102,44 @@ class _Binary:
             name = "rsign_linear_code"
         return variables.quantizer(name, "activation")
 
+    def _gate(self, quantized: jax.Array, fp: jax.Array) -> jax.Array:
+        if not self.spec.gated or self.packed is not None:
+            return quantized
+        return jnp.where(self.quant_on[...] > 0, quantized, fp)
+
     def _quant_weight(self) -> jax.Array:
         q = self.spec.weight_quantizer
-        return q(self.kernel[...], **variables.kwargs(self, q, self.spec, None))
+        w = self.kernel[...]
+        return self._gate(q(w, **variables.kwargs(self, q, self.spec, None)), w)
 
-    def _quant_act(self, x: jax.Array, dense: bool) -> jax.Array:
+    def _act_kwargs(self, x: jax.Array, dense: bool):
         q = self._act_quantizer(dense)
         kw = variables.kwargs(self, q, self.spec, x)
         if self.spec.channel_shift:
             kw["tau"] = self.tau[...].astype(x.dtype)
-        return q(x, **kw)
+        return q, kw
+
+    def _quant_act(self, x: jax.Array, dense: bool) -> jax.Array:
+        q, kw = self._act_kwargs(x, dense)
+        return self._gate(q(x, **kw), x)
+
+    def _packed_input(self, x: jax.Array, dense: bool) -> tuple[jax.Array, jax.Array | None]:
+        """(integer-valued input of the packed core, step multiplied after it or None): the
+        activation quantizer's levels for a multi-bit quantizer, its ±1/0 values else."""
+        q, kw = self._act_kwargs(x, dense)
+        if q.levels is None:
+            return q(x, **kw), None
+        levels, step = q.levels(x, **kw)
+        return levels, step
+
+    def _dequantized(self) -> jax.Array:
+        """W_q of a packed 1-bit layer as a float kernel (its activations are not integer)."""
+        return P.dequantize(self.kernel_bits[...], self.kernel_scale[...], self.kernel_shape,
+                            self.group_words)
+
+    def _packed_weight(self) -> jax.Array:
+        """The dequantized kernel of a packed multi-bit layer: int8 levels · step (O,)."""
+        return self.kernel_q[...].astype(jnp.float32) * self.kernel_step[...]
 
     def init_from_kernel(self) -> None:
         """Re-derive kernel-based inits (a learnable σ, XNOR-Net++ α) from the current
@@ -116,7 +158,8 @@ class QConv(_Binary, nnx.Module):
 
     def __init__(self, spec: LayerSpec, in_features: int, out_features: int, kernel_size: int,
                  *, stride: int = 1, padding: int = 0, out_hw: tuple[int, int] | None = None,
-                 dtype=None, packed: P.PackedOptions | None = None, rngs: nnx.Rngs):
+                 dtype=None, packed: P.PackedOptions | None = None, planes: int | None = None,
+                 rngs: nnx.Rngs):
         for name, v, lo in (("in_features", in_features, 1), ("out_features", out_features, 1),
                             ("kernel_size", kernel_size, 1), ("stride", stride, 1),
                             ("padding", padding, 0)):
@@ -126,7 +169,7 @@ class QConv(_Binary, nnx.Module):
         self.in_features, self.out_features = in_features, out_features
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         k, fan_in = kernel_size, in_features * kernel_size ** 2
-        self._build_kernel(spec, (k, k, in_features, out_features), fan_in, packed, rngs)
+        self._build_kernel(spec, (k, k, in_features, out_features), fan_in, packed, rngs, planes)
         if not spec.binary:
             return
         self._build_common(spec, in_features)
@@ -175,19 +218,27 @@ class QConv(_Binary, nnx.Module):
             y = B.conv2d_nhwc(x, self.kernel[...].astype(x.dtype), self.stride, self.padding)
             y = y + self.bias[...].astype(x.dtype)
         else:
-            xb = self._quant_act(x, dense=False)
-            if self.packed is not None:
-                y = P.conv_core(xb, self.kernel_bits[...], self.kernel_scale[...],
-                                kernel_size=self.kernel_size, in_features=self.in_features,
-                                stride=self.stride, padding=self.padding,
-                                group_words=self.group_words, opts=self.packed).astype(x.dtype)
-            else:
-                wb = self._quant_weight().astype(x.dtype)
-                y = B.conv2d_nhwc(xb, wb, self.stride, self.padding)
-            y = self._epilogue(x, y)
+            y = self._epilogue(x, self._core(x))
         if trace.recording():
             self._record(x, y)
         return y
+
+    def _core(self, x: jax.Array) -> jax.Array:
+        """The quantized product conv(x_q, W_q): fake-quant, packed 1-bit planes (integer
+        input, step after), or a packed multi-bit kernel dequantized."""
+        conv = lambda a, w: B.conv2d_nhwc(a, w.astype(x.dtype), self.stride, self.padding)
+        if self.packed is None:
+            return conv(self._quant_act(x, False), self._quant_weight())
+        if self.spec.bits_w > 1:
+            return conv(self._quant_act(x, False), self._packed_weight())
+        if self.spec.bits_a == 32:  # W1A32: ±1 weights meet float activations
+            return conv(self._quant_act(x, False), self._dequantized())
+        xb, step = self._packed_input(x, dense=False)
+        y = P.conv_core(xb, self.kernel_bits[...], self.kernel_scale[...],
+                        kernel_size=self.kernel_size, in_features=self.in_features,
+                        stride=self.stride, padding=self.padding,
+                        group_words=self.group_words, opts=self.packed)
+        return (y if step is None else y * step).astype(x.dtype)
 
     def _epilogue(self, x: jax.Array, y: jax.Array) -> jax.Array:
         """The method's pieces after the binary core y = conv(x_q, W_q) (fake-quant and packed
@@ -232,13 +283,14 @@ class QDense(_Binary, nnx.Module):
     ``quant.linear_tau``, per-row weight scale, no K map, no shortcut, bias dropped."""
 
     def __init__(self, spec: LayerSpec, in_features: int, out_features: int, *, dtype=None,
-                 packed: P.PackedOptions | None = None, rngs: nnx.Rngs):
+                 packed: P.PackedOptions | None = None, planes: int | None = None,
+                 rngs: nnx.Rngs):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{spec.path}: {name} must be an int >= 1, got {v!r}")
         self.spec, self.dtype = spec, dtype
         self.in_features, self.out_features = in_features, out_features
-        self._build_kernel(spec, (in_features, out_features), in_features, packed, rngs)
+        self._build_kernel(spec, (in_features, out_features), in_features, packed, rngs, planes)
         if not spec.binary:
             return
         self._build_common(spec, in_features)
@@ -258,13 +310,18 @@ class QDense(_Binary, nnx.Module):
         if not spec.binary:
             y = x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
         else:
-            xb = self._quant_act(x, dense=True)
-            if self.packed is not None:
+            if self.packed is not None and spec.bits_w > 1:
+                y = self._quant_act(x, dense=True) @ self._packed_weight().astype(x.dtype)
+            elif self.packed is not None and spec.bits_a == 32:
+                y = self._quant_act(x, dense=True) @ self._dequantized().astype(x.dtype)
+            elif self.packed is not None:
+                xb, step = self._packed_input(x, dense=True)
                 y = P.dense_core(xb, self.kernel_bits[...], self.kernel_scale[...],
                                  in_features=self.in_features, group_words=self.group_words,
-                                 opts=self.packed).astype(x.dtype)
+                                 opts=self.packed)
+                y = (y if step is None else y * step).astype(x.dtype)
             else:
-                y = xb @ self._quant_weight().astype(x.dtype)
+                y = self._quant_act(x, dense=True) @ self._quant_weight().astype(x.dtype)
             # Dense epilogue (BiDM BNNLinear has no K map, shortcut or RPReLU).
             if spec.input_scale == "xnorpp":
                 y = y * self.xnorpp().astype(x.dtype)

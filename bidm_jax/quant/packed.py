@@ -49,7 +49,8 @@ from bidm_jax.kernels.packed_matmul import packed_matmul
 from bidm_jax.kernels.packing import num_words, unpack_signs
 
 __all__ = ["KERNELS", "PALLAS_BACKENDS", "PackedOptions", "conv_core", "dense_core",
-           "conv_plane", "dense_plane", "scale_of", "weight_planes"]
+           "conv_plane", "dense_plane", "conv_core_act_planes", "act_planes", "dequantize",
+           "scale_of", "weight_planes"]
 
 KERNELS = ("pallas", "xla")
 PALLAS_BACKENDS = ("auto", "gpu", "tpu")
@@ -201,6 +202,47 @@ def dense_plane(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, in_featur
     return out.reshape(*lead, o)
 
 
+def act_planes(levels: jax.Array, bits: int = 4) -> tuple[list[jax.Array], list[float], float]:
+    """BinaryDM App. B.2 Eq. 19: signed b-bit integer levels a ∈ [−2^(b−1), 2^(b−1) − 1] as
+    b planes of ±1, a = Σ_i c_i·β_i + c_0 (b = 4: a = 4β₁ + 2β₂ + β₃ + ½β₄ − ½).
+    Returns (planes as int8, their coefficients c_i, the constant c_0)."""
+    u = (levels + 2 ** (bits - 1)).astype(jnp.int32)               # 0 … 2^b − 1
+    planes, coefs = [], []
+    for i in range(bits):
+        bit = (u >> (bits - 1 - i)) & 1
+        planes.append((2 * bit - 1).astype(jnp.int8))
+        coefs.append(2.0 ** (bits - 2 - i))
+    return planes, coefs, -0.5
+
+
+def conv_core_act_planes(levels: jax.Array, words: jax.Array, scale: jax.Array, *, bits: int,
+                         kernel_size: int, in_features: int, stride: int, padding: int,
+                         group_words: int, opts: PackedOptions) -> jax.Array:
+    """Reference for :func:`conv_core` on b-bit integer ``levels`` (B, H, W, I): the
+    W1A1-only route of BinaryDM App. B.2, b binary convolutions of the activation planes
+    (:func:`act_planes`) plus the constant term on the unpadded area, per weight plane. The
+    int8 route (:func:`conv_core`: one integer convolution of the levels) computes the same
+    integers with one product instead of b + 1 and is what packed layers run."""
+    planes, coefs, c0 = act_planes(levels, bits)
+    ones = jnp.ones(levels.shape, jnp.int8)  # zero padding stays 0: the constant term too
+    kw = dict(kernel_size=kernel_size, in_features=in_features, stride=stride,
+              padding=padding, group_words=group_words, opts=opts)
+    out = c0 * conv_core(ones, words, scale, **kw)
+    for plane, c in zip(planes, coefs):
+        out = out + c * conv_core(plane, words, scale, **kw)
+    return out
+
+
+def dequantize(words: jax.Array, scale: jax.Array, shape: tuple, group_words: int) -> jax.Array:
+    """W_q = Σ_p scale_p · sign_p as a float32 kernel of ``shape`` ((kh, kw, I, O) / (I, O))
+    from P packed planes (words (P, num_words(K, g), O), scale (P, O)): the weights of a
+    layer whose activations stay full precision (W1A32), which has no integer core."""
+    k, o = int(np.prod(shape[:-1])), shape[-1]
+    w = sum(unpack_signs(words[p], k, 0, group_words=group_words, dtype=jnp.float32)
+            * scale[p].astype(jnp.float32) for p in range(words.shape[0]))
+    return w.reshape(tuple(shape[:-1]) + (o,))
+
+
 def weight_planes(q, w, w_q, kwargs: dict) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
     """The (sign source, scale (O,)) planes of weight quantizer ``q`` for kernel ``w`` with
     forward value ``w_q`` (kwargs: its variables' values), checked to rebuild ``w_q``, and the
@@ -213,9 +255,9 @@ def weight_planes(q, w, w_q, kwargs: dict) -> tuple[list[tuple[np.ndarray, np.nd
         return [(np.asarray(w, np.float32), scale)], zeros
     planes = [(np.asarray(src, np.float32), np.asarray(scale, np.float32))
               for src, scale in q.plane_fn(w, **kwargs)]
-    if len(planes) != q.planes:
-        raise ValueError(f"weight quantizer {q.name!r} declares {q.planes} planes but its "
-                         f"plane_fn gave {len(planes)}")
+    if not 1 <= len(planes) <= q.planes:
+        raise ValueError(f"weight quantizer {q.name!r} declares at most {q.planes} planes but "
+                         f"its plane_fn gave {len(planes)}")
     o = np.shape(w)[-1]
     rebuilt = sum(s.reshape(1, o) * np.sign(src).reshape(-1, o) for src, s in planes)
     w_q = np.asarray(w_q, np.float32).reshape(-1, o)

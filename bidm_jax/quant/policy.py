@@ -21,8 +21,11 @@ class LayerSpec:
     before the sign (RSign / BiDM channel_threshold / BBCU move0); input_scale: 'none' |
     'box' (XNOR-Net K with fixed 1/k² box) | 'kconv' (BiDM learnable k-conv) | 'xnorpp'
     (Γ); shortcut: per-conv shortcut 'none' | 'scaled' | 'unit'; rprelu: 'none' |
-    'post_residual' (ReActNet block) | 'pre_residual' (BBCU unit). The rest are the ``quant``
-    flags of methods.md §9.
+    'post_residual' (ReActNet block) | 'pre_residual' (BBCU unit); keep_bias: the binary
+    layer adds the FP bias; gated: the layer has a ``quant_on`` switch (progressive
+    binarization, methods.md §3.5); group: the layer's block group (BinaryDM's head/tail
+    grouping; None where the method does not group). The rest are the ``quant`` flags of
+    methods.md §9. ``binary`` means "quantized" (W1 or multi-bit), the opposite of FP.
     """
 
     path: str
@@ -40,6 +43,8 @@ class LayerSpec:
     shortcut_abs: bool = False
     reste_threshold: float = 1.5
     keep_bias: bool = False
+    gated: bool = False
+    group: int | None = None
 
     @property
     def weight_quantizer(self) -> registry.Quantizer:
@@ -51,10 +56,11 @@ class LayerSpec:
 
     @property
     def stored_bits_w(self) -> int:
-        """Bits stored (and multiplied, in BOPs) per weight: planes × precision of the weight
-        quantizer (2 for a two-basis binarizer, 32 for an FP layer)."""
+        """Bits stored (and multiplied, in BOPs) per weight of the trained model: stored
+        planes × precision of the weight quantizer (2 for a two-basis binarizer kept to the
+        end, 1 for one whose second basis is dropped in training, 32 for an FP layer)."""
         q = self.weight_quantizer
-        return q.planes * q.precision
+        return q.stored_planes * q.precision
 
     @property
     def bits_a(self) -> int:

@@ -13,9 +13,14 @@ efficiency summary and the packed export read the metadata, so a new quantizer i
   (e.g. ReSTE's threshold);
 * weights only: ``planes`` (sign planes stored per weight: 1 for ``scale·sign(W)``, 2 for a
   two-basis binarizer), ``plane_fn`` (how the export splits ``W_q`` into (sign source,
-  scale) pairs; None = one plane whose scale is read off the forward value) and
-  ``derived_scales`` ('channel' / 'layer': fp32 scales computed from W in training that the
-  binary model must store at inference).
+  scale) pairs; None = one plane whose scale is read off the forward value; it may return
+  fewer planes than ``planes`` when a basis is switched off), ``inference_planes`` (planes of
+  the trained model at inference when fewer than ``planes``: a two-basis binarizer whose
+  second basis is dropped during training) and ``derived_scales`` ('channel' / 'layer': fp32
+  scales computed from W in training that the binary model must store at inference);
+* multi-bit quantizers (precision 2..8): ``levels(x, **variables) -> (integers, step)`` with
+  ``fn(x) == integers·step``: what a packed layer stores (weights, as int8) or feeds its
+  integer core (activations).
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import math
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bidm_jax.models.functional import Aux
 from bidm_jax.quant import binarizers as B
 
-__all__ = ["Quantizer", "QVar", "ReSTEPower", "register", "get_quantizer", "list_quantizers"]
+__all__ = ["Quantizer", "QVar", "ReSTEPower", "EBBStage", "QuantGate", "register", "get_quantizer",
+           "list_quantizers", "LSQ_BITS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +82,18 @@ class Quantizer:
     planes: int = 1
     plane_fn: Callable | None = None
     derived_scales: str | None = None
+    inference_planes: int | None = None
+    levels: Callable | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
         """Names of the keyword arguments taken from per-layer variables."""
         return tuple(v.name for v in self.variables)
+
+    @property
+    def stored_planes(self) -> int:
+        """Sign planes the trained model stores per weight."""
+        return self.planes if self.inference_planes is None else self.inference_planes
 
     def __call__(self, x, **kwargs):
         return self.fn(x, **kwargs)
@@ -119,6 +136,16 @@ class ReSTEPower(Aux):
     it; the method's step hook (:mod:`bidm_jax.methods.reste`) sets it before every step."""
 
 
+class QuantGate(Aux):
+    """1.0 while a gated layer (``LayerSpec.gated``) or attention operand quantizes, 0.0
+    while it runs in FP (BinaryDM's progressive binarization, methods.md §3.5)."""
+
+
+class EBBStage(Aux):
+    """1.0 while EBB's second basis is on, 0.0 after the paper's stage switch (BinaryDM
+    §3.2): auxiliary state that BinaryDM's step hook sets (:mod:`bidm_jax.methods.binarydm`)."""
+
+
 def _reste_o():
     return QVar("o", "reste_o", lambda w, i: jnp.asarray(1.0, jnp.float32), kind="aux",
                 variable=ReSTEPower)
@@ -129,6 +156,67 @@ def _reste_static(spec):
 
 
 _SIGMA = QVar("sigma", "weight_scale", lambda w, i: B.per_channel_abs_mean(w), from_kernel=True)
+
+
+# Bit widths with registered LSQ quantizers (``lsq{b}``, ``lsq{b}_dynamic``, weight ``lsq{b}``).
+LSQ_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+_SIGMA1 = QVar("sigma1", "ebb_sigma1", lambda w, i: B.per_channel_abs_mean(w), from_kernel=True)
+_SIGMA2 = QVar("sigma2", "ebb_sigma2",
+               lambda w, i: B.per_channel_abs_mean(w - B.per_channel_abs_mean(w) * jnp.sign(w)),
+               from_kernel=True)
+_SECOND = QVar("second", "ebb_second", lambda w, i: jnp.asarray(1.0, jnp.float32), kind="aux",
+               variable=EBBStage)
+
+
+def _ebb(w, sigma1, sigma2):
+    return B.ebb_weight(w, sigma1, sigma2)
+
+
+def _ebb_staged(w, sigma1, sigma2, second):
+    # second = 0 makes Eq. 5 the single basis sigma1·sign(w), gradients included.
+    return B.ebb_weight(w, sigma1, sigma2 * second)
+
+
+def _ebb_planes(w, sigma1, sigma2, second=1.0):
+    w, s1 = np.asarray(w, np.float32), np.asarray(sigma1, np.float32)
+    first = (w, s1)
+    if float(np.asarray(second)) == 0.0:
+        return [first]
+    return [first, (w - s1 * np.sign(w), np.asarray(sigma2, np.float32))]
+
+
+def _lsq_act(bits):
+    step = QVar("step", "act_step", lambda w, i: jnp.asarray(1.0, jnp.float32),
+                calibrate=lambda x: B.lsq_init_scale(x.astype(jnp.float32), bits))
+    return (
+        Quantizer(f"lsq{bits}", "activation", bits,
+                  lambda x, step: B.lsq_quantize(x, step.astype(x.dtype), bits), (step,),
+                  f"signed {bits}-bit LSQ, learned per-tensor step (calibrated init), STE",
+                  levels=lambda x, step: (B.lsq_integer(x, step.astype(x.dtype), bits), step)),
+        Quantizer(f"lsq{bits}_dynamic", "activation", bits,
+                  lambda x: B.lsq_quantize(x, _dynamic_step(x, bits), bits), (),
+                  f"signed {bits}-bit LSQ, step 2·mean|x|/sqrt(Q_P) of every batch, STE",
+                  levels=lambda x: (B.lsq_integer(x, _dynamic_step(x, bits), bits),
+                                    _dynamic_step(x, bits))),
+    )
+
+
+def _dynamic_step(x, bits):
+    # BinaryDM code's _ActQ: the step is re-set from the data at every forward (methods.md
+    # §3.3), so it is a constant of the batch, not a trained value.
+    return jax.lax.stop_gradient(B.lsq_init_scale(x, bits)).astype(x.dtype)
+
+
+def _lsq_weight(bits):
+    step = QVar("step", "weight_step", lambda w, i: B.lsq_channel_init(w, bits), from_kernel=True)
+
+    def fn(w, step):
+        return B.lsq_quantize(w, step, bits, num_elements=math.prod(w.shape[:-1]))
+
+    return Quantizer(f"lsq{bits}", "weight", bits, fn, (step,),
+                     f"signed {bits}-bit LSQ, learned per-output-channel step, STE",
+                     levels=lambda w, step: (B.lsq_integer(w, step, bits), step))
 
 
 def _register_builtins():
@@ -158,6 +246,13 @@ def _register_builtins():
         Quantizer("dorefa", "activation", 1, B.act_dorefa, (), "{0,1} = round(clip(x,0,1)), STE"),
         Quantizer("reste", "activation", 1, B.act_reste, (reste_o,), "ReSTE power rule",
                   static=_reste_static),
+        Quantizer("ebb", "weight", 1, _ebb, (_SIGMA1, _SIGMA2),
+                  "two bases (Eq. 5), learnable sigma_I/sigma_II per out channel, Eq. 7/8",
+                  planes=2, plane_fn=_ebb_planes),
+        Quantizer("ebb_staged", "weight", 1, _ebb_staged, (_SIGMA1, _SIGMA2, _SECOND),
+                  "EBB until the stage switch, then sigma_I·sign(W) (Eq. 5-10)",
+                  planes=2, plane_fn=_ebb_planes, inference_planes=1),
+        *(q for b in LSQ_BITS for q in (*_lsq_act(b), _lsq_weight(b))),
     ):
         register(q)
 

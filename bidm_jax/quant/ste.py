@@ -25,6 +25,7 @@ __all__ = [
     "reste_o_schedule",
     "round_ste",
     "grad_scale",
+    "lsq",
 ]
 
 
@@ -199,3 +200,54 @@ def _grad_scale_bwd(scale, g):
 
 
 grad_scale.defvjp(_grad_scale_fwd, _grad_scale_bwd)
+
+
+# --- LSQ fake-quantization (Esser et al.; methods.md §3.3, §5) -------------------------------
+
+def _sum_to(x: jax.Array, shape: tuple) -> jax.Array:
+    """Sums a broadcast cotangent back to ``shape`` (a step per tensor or per channel)."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and x.shape[lead + i] != 1)
+    return jnp.sum(x, axis=axes, keepdims=False).reshape(shape) if axes else x.reshape(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def lsq(x: jax.Array, step: jax.Array, bits: int) -> jax.Array:
+    """Signed b-bit LSQ fake-quantization x_q = s·round(clip(x/s, −Q_N, Q_P)),
+    Q_N = 2^(b−1), Q_P = 2^(b−1) − 1 (round half to even, as torch.round).
+
+    x: any shape; step s: a scalar or broadcastable to x (e.g. (O,) per output channel of a
+    kernel, the last axis); bits: static int >= 2. Gradients: w.r.t. x the STE inside the
+    range (1 where −Q_N <= x/s <= Q_P, else 0); w.r.t. s LSQ's round(x/s) − x/s inside,
+    −Q_N below, Q_P above, summed to the step's shape, *before* the grad-scale factor
+    1/sqrt(N·Q_P) (the caller applies it, :func:`bidm_jax.quant.binarizers.lsq_quantize`).
+    methods.md §4.6 item 2: s = 0.25, x = [−2.5, −0.3, 0, 0.2, 1.9] -> x_q = [−2, −0.25, 0,
+    0.25, 1.75], dx_q/ds = [−8, 0.2, 0, 0.2, 7].
+    """
+    qn, qp = _lsq_levels(bits)
+    return jnp.round(jnp.clip(x / step, -qn, qp)) * step
+
+
+def _lsq_levels(bits: int) -> tuple[int, int]:
+    if not isinstance(bits, int) or bits < 2:
+        raise ValueError(f"signed LSQ needs an int bits >= 2, got {bits!r}")
+    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
+def _lsq_fwd(x, step, bits):
+    return lsq(x, step, bits), (x, step)
+
+
+def _lsq_bwd(bits, res, g):
+    x, step = res
+    qn, qp = _lsq_levels(bits)
+    v = x / step
+    inside = (v >= -qn) & (v <= qp)
+    q = jnp.round(jnp.clip(v, -qn, qp))
+    dstep = g * jnp.where(inside, q - v, q)   # q is -Q_N / Q_P outside the range
+    gx = jnp.where(inside, g, jnp.zeros_like(g))
+    return gx, _sum_to(dstep, jnp.shape(step)).astype(jnp.result_type(step))
+
+
+lsq.defvjp(_lsq_fwd, _lsq_bwd)

@@ -21,7 +21,10 @@ Two conventions are reported (methods.md §2.9, §8 item 6):
   the FP conv/linear layers, excluding the 1×1 skip convs in a quantized model and never
   counting attention matmuls; an FP model counts all conv+linear MACs.
 
-BOPs = Σ MACs·b_w·b_a over quantized layers; OPs = BOPs/64 + FLOPs. Sizes are MiB (2^20
+BOPs = Σ MACs·b_w·b_a over quantized layers (b_w: stored bits, 2 for a two-basis layer;
+b_a: 1, 4, 8 ...); OPs = BOPs/64 + FLOPs (BinaryDM's OPs = b_w·b_a·MACs/64 + FLOPs).
+Attention matmuls count as FP FLOPs even when their operands are quantized (they run in
+float here). Sizes are MiB (2^20
 bytes), which the papers print as "MB". MAC counts are per image.
 """
 
@@ -115,6 +118,10 @@ def _layer_params(model):
     return layers, other
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
 def _fmt(n: float) -> str:
     return f"{n:,.0f}" if abs(n) < 1e6 else f"{n:.3e}"
 
@@ -166,6 +173,8 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
     macs["unclaimed"] = max(total_macs - claimed, 0)  # attention matmuls and the like
 
     bits_stored = {1: 0, 32: 0}
+    weight_bits = {"1bit": [0, 0], "quantized": [0, 0]}   # [Σ bits·weights, Σ weights]
+    act_bits: dict[int, int] = {}
     teacher_params = other_params
     paper_bits, paper_scales = 32 * other_params, 0
     for path, info in layers.items():
@@ -177,6 +186,12 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
         bits_stored[32] += bias_stored + info["extra"] + info["scales"]
         paper_bits += wbits * info["kernel"] + 32 * info["bias"]
         paper_scales += info["scales"] if spec.binary else 0
+        if spec.binary:
+            kinds = ("quantized", "1bit") if spec.bits_w == 1 else ("quantized",)
+            for kind in kinds:
+                weight_bits[kind][0] += wbits * info["kernel"]
+                weight_bits[kind][1] += info["kernel"]
+            act_bits[spec.bits_a] = act_bits.get(spec.bits_a, 0) + 1
         rec = [r for r in records if r.path == path]
         rows.append(dict(
             path=path, binary=spec.binary, bits=f"{wbits}/{spec.bits_a if spec.binary else 32}",
@@ -199,6 +214,12 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
         params=dict(by_bits={str(k): v for k, v in sorted(bits_stored.items())},
                     teacher=teacher_params, other_fp=other_params),
         macs=dict(macs, total_traced=total_macs),
+        # Mean stored bits per weight of the 1-bit-quantizer layers (a two-basis layer kept
+        # to the end stores 2) and of all quantized layers; quantized layers per activation
+        # bit width.
+        bits=dict(per_weight_1bit=_ratio(*weight_bits["1bit"]),
+                  per_weight_quantized=_ratio(*weight_bits["quantized"]),
+                  activation_layers={str(k): v for k, v in sorted(act_bits.items())}),
         stored=dict(fp32_size_mib=size_fp, size_mib=stored_bits / 8 / _MiB,
                     fp32_flops=fp_stored, bops=macs["bops"], flops=flops_stored,
                     ops=macs["bops"] / 64 + flops_stored),
@@ -232,6 +253,11 @@ def _table(s: dict) -> str:
               f"{_fmt(m['fp_layers'])} (of which skip 1x1 {_fmt(m['skip'])}), FP shortcut convs "
               f"{_fmt(m['shortcut'])}, scale maps {_fmt(m['kconv'])}, attention matmuls "
               f"{_fmt(m['unclaimed'])}"]
+    b = s["bits"]
+    if b["activation_layers"]:
+        lines.append(f"bits per weight: {b['per_weight_1bit']:.4f} (1-bit layers), "
+                     f"{b['per_weight_quantized']:.4f} (all quantized layers); quantized "
+                     f"layers by activation bits: {b['activation_layers']}")
     for conv, title in (("stored", "stored (all it needs)"),
                         ("paper", "papers' convention")):
         c = s[conv]

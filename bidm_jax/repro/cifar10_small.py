@@ -1,4 +1,4 @@
-"""Driver of the reduced-scale CIFAR-10 reproduction of BiDM's W1A1 comparison.
+"""Driver of the reduced-scale CIFAR-10 reproduction of BiDM's W1A1 and BinaryDM's W1A4 comparisons.
 
     launch/repro_cifar10_small.sh --data data/cifar10_jpeg_q75.npz      # the experiment
     launch/repro_cifar10_small.sh --tiny                                # CI-sized, CPU
@@ -8,7 +8,7 @@ Phases, each a set of plain ``python -m bidm_jax.main`` calls with
 
 1. ``teacher``: the FP DDIM CIFAR-10 teacher (full width), data parallel over every GPU;
    samples ``num_samples`` images from the shared noise at the end.
-2. ``students``: the proxy feature network (+ its reference statistics) and the nine W1A1
+2. ``students``: the proxy feature network (+ its reference statistics) and the twelve
    students (``STUDENTS`` of the config), one process each, spread over the GPUs
    (longest job first, several per GPU when there are more jobs than GPUs); each samples the
    same noise at the end.

@@ -18,10 +18,14 @@ PAPER_CIFAR_FID = {"teacher": 5.54, "bidm": 81.65, "xnor": 113.36, "reactnet": 2
 # BiDM Table 3 (LDM-4 Bedrooms): vanilla XNOR, +TBS, +SPD, BiDM.
 PAPER_ABLATION_FID = {"xnor": 106.62, "xnor_tbs": 35.23, "xnor_spd": 40.62, "bidm": 22.74}
 PAPER_RATIO = PAPER_CIFAR_FID["bidm"] / PAPER_CIFAR_FID["xnor"]  # 0.72
+# BinaryDM Table 1: FID on CIFAR-10 at W1A4 (LSQ at W2A4).
+PAPER_W1A4_FID = {"binarydm": 87.77, "binarydm_baseline": 100.17, "lsq_w2a4": 137.75}
 
 LABELS = {"teacher": "FP teacher", "bidm": "BiDM (TBS + SPD)", "xnor": "XNOR",
           "reactnet": "ReActNet", "xnor++": "XNOR++", "reste": "ReSTE", "dorefa": "DoReFa",
           "bbcu": "BBCU", "xnor_tbs": "XNOR + TBS", "xnor_spd": "XNOR + SPD",
+          "binarydm": "BinaryDM (EBB + LRM)", "binarydm_baseline": "BinaryDM Baseline",
+          "lsq_w2a4": "LSQ",
           # diagnostics (DIAGNOSTICS of the config)
           "xnor_nok": "XNOR without K", "xnor_unitsc": "XNOR + unit shortcut",
           "xnor_rprelu": "XNOR + RPReLU", "xnor_bias": "XNOR keeping the bias",
@@ -51,6 +55,13 @@ def load_samples(path: str) -> np.ndarray | None:
         return z["arr_0"]
 
 
+def bits(dist: dict) -> str:
+    """W/A bit widths of a student from its distill.json (W1A1 for the BiDM-table methods)."""
+    if dist.get("bits_a") is None:
+        return "W1A1"
+    return f"W{dist.get('bits_w') or 1}A{dist['bits_a']}"
+
+
 def collect(workdir: str, models: list[str], sample_files: dict[str, str], budgets: dict,
             job_seconds: dict[str, float]) -> list[dict]:
     """One entry per model: method, bits, budget, metrics, PSNR vs the teacher, timings."""
@@ -64,7 +75,7 @@ def collect(workdir: str, models: list[str], sample_files: dict[str, str], budge
         imgs = load_samples(sample_files[name])
         entry = {"model": name, "label": LABELS.get(name, name),
                  "method": "fp" if name == "teacher" else dist.get("method", ""),
-                 "bits": "W32A32" if name == "teacher" else "W1A1",
+                 "bits": "W32A32" if name == "teacher" else bits(dist),
                  "tbs": bool(dist.get("tbs", False)), "distill_loss": dist.get("loss"),
                  "budget": budgets[name],
                  "status": "ok" if ev and imgs is not None else "failed",
@@ -74,7 +85,7 @@ def collect(workdir: str, models: list[str], sample_files: dict[str, str], budge
                  "train_seconds": final.get("train_seconds"),
                  "sample_seconds": final.get("sample_seconds"),
                  "job_seconds": job_seconds.get(name),
-                 "paper_cifar10_fid": PAPER_CIFAR_FID.get(name)}
+                 "paper_cifar10_fid": PAPER_CIFAR_FID.get(name, PAPER_W1A4_FID.get(name))}
         if name != "teacher" and imgs is not None and teacher is not None:
             p = psnr(imgs, teacher[:len(imgs)])
             entry["psnr_vs_teacher_db"] = float(np.mean(np.minimum(p, 100.0)))
@@ -98,6 +109,8 @@ def summary(entries: list[dict]) -> dict:
             "cifar10_ordering_paper": sorted(main, key=PAPER_CIFAR_FID.get),
             "ablation_ordering_found": ordering(entries, abl),
             "ablation_ordering_paper": sorted(abl, key=PAPER_ABLATION_FID.get),
+            "w1a4_ordering_found": ordering(entries, list(PAPER_W1A4_FID)),
+            "w1a4_ordering_paper": sorted(PAPER_W1A4_FID, key=PAPER_W1A4_FID.get),
             "bidm_over_xnor_proxy_fid": ratio, "paper_bidm_over_xnor_fid": round(PAPER_RATIO, 3)}
 
 
@@ -152,7 +165,7 @@ def write_readme(path: str, results: dict) -> None:
     """The human-readable results page next to results.json."""
     s, b, info = results["summary"], results["budget"], results["run"]
     ratio = s["bidm_over_xnor_proxy_fid"]
-    text = f"""# Reduced-scale CIFAR-10 reproduction of BiDM's W1A1 comparison
+    text = f"""# Reduced-scale CIFAR-10 reproduction of BiDM's W1A1 and BinaryDM's W1A4 comparisons
 
 {info['size_note']}
 
@@ -185,6 +198,9 @@ def write_readme(path: str, results: dict) -> None:
   {' < '.join(s['ablation_ordering_found']) or '–'}; paper
   {' < '.join(s['ablation_ordering_paper'])}.
 - BiDM / XNOR proxy-FID ratio: {_fmt(ratio, 3)} (paper, CIFAR-10 FID: {s['paper_bidm_over_xnor_fid']}).
+- W1A4 ordering (BinaryDM Table 1: BinaryDM, Baseline, LSQ W2A4): found
+  {' < '.join(s.get('w1a4_ordering_found', [])) or '–'}; paper
+  {' < '.join(s.get('w1a4_ordering_paper', []))}.
 {info.get('findings', '')}
 ## Samples
 

@@ -97,10 +97,14 @@ def _bidm_step_inputs(s):
     return step, state0, x0
 
 
-def test_sharded_step_equals_single_device_step():
-    """One full optimizer step (loss, grads, clip, Adam, EMA) of BiDM (TBS + SPD) over an
-    8-device batch-sharded mesh equals the 1-device step."""
-    step, state0, x0 = _bidm_step_inputs(_one_level("bidm"))
+@pytest.mark.parametrize("method", ["bidm", "binarydm"])
+def test_sharded_step_equals_single_device_step(method):
+    """One full optimizer step (loss, grads, clip, Adam, EMA) over an 8-device batch-sharded
+    mesh equals the 1-device step: BiDM (TBS + SPD) and BinaryDM (LSQ, LRM, L_EBB)."""
+    s = _one_level(method)
+    step, state0, x0 = _bidm_step_inputs(s)
+    if s.aux:
+        state0["aux"] = dict(s.aux)
     results = []
     for n in (1, 8):
         mesh = parallel.make_data_mesh(n)
@@ -110,8 +114,10 @@ def test_sharded_step_equals_single_device_step():
         assert len(state["params"].sharding.device_set) == n
         results.append((np.asarray(state["params"]), {k: float(v) for k, v in metrics.items()}))
     (p1, m1), (p8, m8) = results
-    for k in ("loss", "noise_loss", "distill_loss", "grad_norm"):
-        np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, err_msg=k)
+    assert m1["distill_loss"] > 0 and (method != "binarydm" or m1["ebb_reg"] > 0)
+    for k in ("loss", "noise_loss", "distill_loss", "grad_norm", "ebb_reg"):
+        if k in m1:
+            np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, err_msg=k)
     # Adam's first step is ~lr·sign(g): allow float reduction-order noise only.
     np.testing.assert_allclose(p8, p1, rtol=1e-5, atol=3e-5)
     assert not np.allclose(p1, np.asarray(state0["params"]))  # the step did move the params
@@ -145,6 +151,7 @@ def test_sampling_carries_features():
 # Every method through run_distill's loss; the XNOR + TBS + SPD ablation as one more entry.
 CASES = {m: (m, {}) for m in BUILT_IN if m != "bidm"}  # bidm: the tests above
 CASES["xnor+tbs+spd"] = ("xnor", {"tbs": True, "loss": "spd"})
+CASES["binarydm_code"] = ("binarydm", {"faithful_to": "code"})
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +182,9 @@ def test_forward_backward_per_method(method_grads, case):
     assert (tbs_lib.TABLE_NAME in g) == bool(s.config.distill.tbs)
     if s.config.distill.tbs:
         assert np.any(np.asarray(g[tbs_lib.TABLE_NAME]))
-    if s.config.distill.loss == "spd":
+    if s.config.distill.loss in ("spd", "lrm"):
         assert float(metrics["distill_loss"]) > 0
     else:
         assert float(metrics["distill_loss"]) == 0.0
-        np.testing.assert_allclose(float(loss), float(metrics["noise_loss"]), rtol=1e-6)
+        extra = float(metrics.get("ebb_reg", 0.0)) * s.config.quant.ebb_tau
+        np.testing.assert_allclose(float(loss), float(metrics["noise_loss"]) + extra, rtol=1e-6)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from bidm_jax.methods import BUILT_IN, get_method
+from bidm_jax.methods import W1A1, get_method
 from bidm_jax.models.functional import Functional
 from bidm_jax.quant import QConv, QDense, QuantFactory, fp_factory, trace, validate_quant_config
 from tests.conftest import quant_config, tiny_config
@@ -43,7 +43,7 @@ def _np(seed, shape, scale=1.0):
     return jnp.asarray(scale * np.random.RandomState(seed).randn(*shape), jnp.float32)
 
 
-@pytest.mark.parametrize("method", BUILT_IN)
+@pytest.mark.parametrize("method", ("fp",) + W1A1)
 def test_method_forward_backward(toy_cls, method):
     model, factory = _build(toy_cls, method, shortcut_scale_init=0.3)
     expected_binary = [] if method == "fp" else list(BINARY)
@@ -259,10 +259,10 @@ def test_reste_power_is_auxiliary_state_set_by_the_method_hook():
     fm = Functional(layer)
     assert fm.aux_names == ["reste_o"] and "reste_o" not in fm.params
     x = _np(3, (1, 4, 4, 3))
-    config = tiny_config(**{"quant.method": "reste"})
-    hook = jax.jit(lambda a, p: get_method("reste").step_aux(a, p, config))
+    config = tiny_config(**{"quant.method": "reste", "train.num_steps": 10})
+    hook = jax.jit(lambda a, s: get_method("reste").step_aux(a, s, config))
     grad = jax.jit(jax.grad(lambda p, a: jnp.sum(fm.module(p, a)(x) ** 2)))
-    start, end = hook(fm.aux, 0.0), hook(fm.aux, 1.0)
+    start, end = hook(fm.aux, 0), hook(fm.aux, 10)
     assert float(start["reste_o"]) == 1.0 and float(end["reste_o"]) == 3.0
     g1, g3 = grad(fm.params, start)["kernel"], grad(fm.params, end)["kernel"]
     assert not np.allclose(np.asarray(g1), np.asarray(g3))
@@ -292,7 +292,7 @@ def test_config_validation_lists_choices():
             cfg = _cfg("bidm")
             cfg[field] = bad
             validate_quant_config(cfg)
-    with pytest.raises(ValueError, match="valid choices: bbcu, bidm, dorefa, fp"):
+    with pytest.raises(ValueError, match="valid choices: bbcu, bidm, binarydm, binarydm_baseline, dorefa, fp"):
         validate_quant_config(_cfg("xnorr"))
     with pytest.raises(ValueError, match="reste_o_end"):
         validate_quant_config(_cfg("reste", reste_o_end=0.5))
