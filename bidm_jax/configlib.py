@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 
+from absl import logging
+
 from bidm_jax.data.cifar10 import SOURCES
 from bidm_jax.data.pipeline import DATASETS
 from bidm_jax.diffusion.losses import REDUCTIONS
@@ -68,7 +70,8 @@ def validate_config(cfg) -> None:
                          f"{cfg.diffusion.beta_start}, {cfg.diffusion.beta_end}")
     for f in ("batch_size", "lr", "log_every"):
         _positive(cfg, "train", f)
-    for f in ("num_steps", "warmup_steps", "grad_clip", "sample_every", "weight_decay"):
+    for f in ("num_steps", "warmup_steps", "grad_clip", "sample_every", "weight_decay",
+              "max_nonfinite_streak"):
         _positive(cfg, "train", f, allow_zero=True)
     _unit_interval(cfg, "train", "ema_decay")
     _choice(cfg, "train", "matmul_precision", MATMUL_PRECISIONS)
@@ -83,6 +86,7 @@ def validate_config(cfg) -> None:
     _validate_export(cfg)
     for section, validate in _section_validators():
         validate(cfg[section])
+
 
 
 def _validate_export(cfg) -> None:
@@ -130,6 +134,10 @@ def resolve_config(config, mode: str | None = None):
             apply_distill_training(out)
         method.resolve_quant(out)
     validate_config(out)
+    if out.sample.grid_size > out.sample.num_samples:
+        logging.warning("sample.grid_size=%d is larger than sample.num_samples=%d: the grid "
+                        "shows %d images", out.sample.grid_size, out.sample.num_samples,
+                        out.sample.num_samples)
     return out
 
 

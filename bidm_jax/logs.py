@@ -43,14 +43,19 @@ def format_duration(seconds: float) -> str:
 
 
 class MetricWriter:
-    """TensorBoard event files + ``metrics.jsonl`` under ``{workdir}/{name}``."""
+    """TensorBoard event files + ``metrics.jsonl`` under ``{workdir}/{name}``.
 
-    def __init__(self, workdir: str, name: str = "logs"):
+    ``keep_until``: drop the rows of ``metrics.jsonl`` past this step first (a run resumed
+    from step s logs s+1… again; without this the file would hold those steps twice)."""
+
+    def __init__(self, workdir: str, name: str = "logs", keep_until: int | None = None):
         self.active = jax.process_index() == 0
         self.dir = os.path.join(workdir, name)
         self._tb = None
         if self.active:
             os.makedirs(self.dir, exist_ok=True)
+            if keep_until is not None:
+                _truncate_jsonl(os.path.join(self.dir, "metrics.jsonl"), keep_until)
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(self.dir)
             self._jsonl = open(os.path.join(self.dir, "metrics.jsonl"), "a")
@@ -72,6 +77,21 @@ class MetricWriter:
         if self.active:
             self._tb.close()
             self._jsonl.close()
+
+
+def _truncate_jsonl(path: str, keep_until: int) -> None:
+    """Rewrites ``path`` (atomically) without the rows whose ``step`` is past ``keep_until``."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= keep_until]
+    if len(kept) == len(lines):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 class Progress:

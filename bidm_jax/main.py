@@ -8,6 +8,7 @@ eval, summary, ref_stats, train_proxy, quickstart.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bidm_jax.errors import TrainingDiverged
 from bidm_jax.modes import MODES  # a plain table: importing it loads nothing heavy
 
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
@@ -38,6 +40,33 @@ def run(config, workdir: str, mode: str):
     return modes.run(mode, config, workdir)
 
 
+def last_override_wins(config, argv: list[str]) -> list[str]:
+    """ml_collections appends every occurrence of a tuple override (``--config.model.ch_mult=
+    (1,2) --config.model.ch_mult=1,2`` gives (1, 2, 1, 2)); here the last ``--config.F=V``
+    of a field given more than once replaces the value, as for every other field. Returns
+    the fields it reset."""
+    given: dict[str, list[str]] = {}
+    for arg in argv:
+        if arg.startswith("--config.") and "=" in arg:
+            field, value = arg[len("--config."):].split("=", 1)
+            given.setdefault(field, []).append(value)
+    reset = []
+    for field, values in given.items():
+        *parents, leaf = field.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        if len(values) < 2 or not isinstance(node[leaf], tuple):
+            continue
+        try:
+            value = ast.literal_eval(values[-1])
+        except (ValueError, SyntaxError):
+            value = tuple(v.strip() for v in values[-1].strip("()").split(",") if v.strip())
+        node[leaf] = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        reset.append(field)
+    return reset
+
+
 class _QuietLibraries:
     """Drops INFO chatter of checkpointing internals so the progress line stays readable."""
 
@@ -50,6 +79,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = FLAGS.config
+    for field in last_override_wins(config, sys.argv[1:]):
+        logging.warning("--config.%s was given more than once: the last value is used", field)
     mode = FLAGS.mode or config.mode
     if mode not in MODES:
         raise app.UsageError(f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}")
@@ -60,6 +91,10 @@ def main(argv):
         logging.error("%s", e)
         print(f"bidm_jax: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as e:
+        logging.error("%s", e)
+        print(f"bidm_jax: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     if isinstance(result, dict):
         logging.info("result: %s", json.dumps(result, default=str, sort_keys=True))
 

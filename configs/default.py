@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.weight_decay = 0.0
     t.ema_decay = 0.9999
     t.log_every = 100
+    # Stop (exit code 3, last good checkpoint kept, no final samples) after this many
+    # consecutive non-finite updates; 0 = never stop (skip and count them only).
+    t.max_nonfinite_streak = 20
     t.sample_every = 0           # write a sample grid every N steps (0 = only at the end)
     t.matmul_precision = "default"  # default | tensorfloat32 | float32 (= highest)
 

@@ -106,6 +106,22 @@ def run_ref_stats(config, workdir: str) -> dict:
             "feature_network": net.label, "seconds": time.time() - t0}
 
 
+FID_MIN_SAMPLES = 2048  # Inception pool_3's dimension: fewer samples give a singular covariance
+
+
+def sample_count_warnings(n: int, feature_dim: int) -> list[str]:
+    """What ``n`` samples cannot support: FID/sFID need more samples than feature dimensions
+    (else the sample covariance is singular and FID is strongly biased upwards) and are only
+    comparable with published numbers at the papers' 50,000."""
+    need = max(FID_MIN_SAMPLES, feature_dim)
+    if n < need:
+        return [f"FID/sFID/KID/precision/recall on {n} samples: below {need:,} samples the "
+                f"{feature_dim}-d feature covariance is rank-deficient and FID is strongly "
+                "biased; use these numbers only to compare runs evaluated alike (the papers "
+                "use 50,000)"]
+    return []
+
+
 def run_eval(config, workdir: str) -> dict:
     """Evaluates ``{workdir}/samples/samples.npz`` (or ``eval.samples_path``); writes and
     returns the metrics dict (also ``{workdir}/eval/metrics.json``)."""
@@ -151,6 +167,9 @@ def run_eval(config, workdir: str) -> dict:
     }
     if net.kind == "proxy":
         result["proxy_test_accuracy"] = net.info["proxy_test_accuracy"]
+    result["warnings"] = sample_count_warnings(int(samples.shape[0]), int(feats["pool"].shape[1]))
+    for w in result["warnings"]:
+        logging.warning("%s", w)
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:

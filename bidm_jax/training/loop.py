@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from bidm_jax import logs, parallel
+from bidm_jax.errors import TrainingDiverged
 from bidm_jax.data.pipeline import BatchSource, load_images
 from bidm_jax.diffusion.sampling import generate, make_sampler, write_samples
 from bidm_jax.training import checkpoint, optim
@@ -87,7 +88,7 @@ class Loop:
             in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
             out_shardings=(self.repl, self.repl), donate_argnums=0)
         self.sample_fn = make_sampler(trainable.sample_model_fn, config, trainable.carry_init)
-        self.writer = logs.MetricWriter(workdir)
+        self.writer = logs.MetricWriter(workdir, keep_until=self.step)
 
     def _restore(self) -> bool:
         latest = self.mngr.latest_step()
@@ -99,6 +100,8 @@ class Loop:
             logging.warning("checkpoint step %d has no auxiliary state; starting it from its "
                             "initial values", latest)
             target.pop("aux")
+        if not checkpoint.has_entry(self.mngr, latest, "nonfinite_streak"):
+            target.pop("nonfinite_streak")  # written before the streak was kept: start at 0
         restored = checkpoint.restore(self.mngr, latest, target)
         self.state = {**self.state, **restored, "params": self.ravel(restored["params"]),
                       "ema": self.ravel(restored["ema"])}
@@ -146,9 +149,31 @@ class Loop:
                         self.config, self.mesh, num=num, seed=self.config.sample.seed,
                         shape=self.trainable.input_shape)
 
+    def _check_divergence(self, done: int, metrics: dict | None = None) -> None:
+        """Raises :class:`~bidm_jax.errors.TrainingDiverged` after ``max_nonfinite_streak``
+        consecutive non-finite updates, or when the final step's loss is non-finite
+        (``metrics`` given). Nothing is saved: the last checkpoint holds the last good state."""
+        limit = int(self.config.train.max_nonfinite_streak)
+        streak = int(scalar(self.state["nonfinite_streak"]))
+        last = self.mngr.latest_step()
+        keep = (f"the last checkpoint (step {last}) is kept" if last is not None
+                else "no checkpoint was written")
+        if limit and streak >= limit:
+            raise TrainingDiverged(
+                f"training diverged: the last {streak} updates (to step {done}) were non-finite "
+                f"(train.max_nonfinite_streak={limit}); {keep} and no samples are written. "
+                f"Lower train.lr (now {self.config.train.lr:g}) or check the data")
+        if metrics is not None and not np.isfinite(scalar(metrics["loss"])):
+            raise TrainingDiverged(
+                f"training ended with a non-finite loss at step {done}; {keep} and no samples "
+                f"are written. Lower train.lr (now {self.config.train.lr:g}) or check the data")
+
     def run(self, source: BatchSource) -> dict:
         cfg, tcfg = self.config, self.config.train
         self.calibrate(source)
+        # How often the streak is read back (a host sync): often enough to stop within a
+        # few steps of the limit, rarely enough to keep the device busy.
+        check = max(1, min(int(tcfg.log_every), 10, int(tcfg.max_nonfinite_streak) or 10))
         start = self.step
         prog = logs.Progress(tcfg.num_steps, start, tcfg.batch_size, tcfg.log_every)
         last = {}
@@ -158,6 +183,8 @@ class Loop:
                 batch = parallel.global_batch(source.local_batch(step), self.mesh)
                 self.state, metrics = self.step_fn(self.state, batch)
                 done = step + 1
+                if done % check == 0 or done == tcfg.num_steps:
+                    self._check_divergence(done, metrics if done == tcfg.num_steps else None)
                 if prog.due(done):
                     last = {k: scalar(v) for k, v in metrics.items()}
                     last["nonfinite_total"] = scalar(self.state["nonfinite"])

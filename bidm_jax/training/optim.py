@@ -49,7 +49,7 @@ def init_state(flat_params: jax.Array, opt: optax.GradientTransformation, seed: 
     return {"params": flat_params, "ema": jnp.copy(flat_params),
             "opt": opt.init(flat_params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(seed)),
-            "nonfinite": jnp.zeros((), jnp.int32)}
+            "nonfinite": jnp.zeros((), jnp.int32), "nonfinite_streak": jnp.zeros((), jnp.int32)}
 
 
 def step_key(state: dict) -> jax.Array:
@@ -70,8 +70,9 @@ def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTra
     loss; ``step`` is the int32 step counter (schedules such as ReSTE's o read it).
 
     A non-finite loss or gradient leaves params, EMA, auxiliary and optimizer state untouched
-    and increments ``state["nonfinite"]``; the step counter advances either way so the data
-    and RNG streams stay aligned with an uninterrupted run.
+    and increments ``state["nonfinite"]`` and ``state["nonfinite_streak"]`` (reset to 0 by a
+    finite update; the loop stops on a long streak); the step counter advances either way so
+    the data and RNG streams stay aligned with an uninterrupted run.
     """
     aux = state.get("aux", {})
     (loss, (metrics, aux_new)), grads = jax.value_and_grad(
@@ -86,6 +87,8 @@ def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTra
                  "ema": keep(ema_new, state["ema"]), "opt": keep(opt_new, state["opt"]),
                  "step": state["step"] + 1,
                  "nonfinite": state["nonfinite"] + (~ok).astype(jnp.int32)}
+    if "nonfinite_streak" in state:
+        new_state["nonfinite_streak"] = jnp.where(ok, 0, state["nonfinite_streak"] + 1)
     if "aux" in state:
         new_state["aux"] = keep(aux_new, aux)
     metrics = {"loss": loss, "grad_norm": jnp.linalg.norm(grads), **metrics,

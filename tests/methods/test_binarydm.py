@@ -59,9 +59,10 @@ def test_cifar_layer_recipe_paper_and_code():
         assert not code[p].binary
     assert not any(s.gated for s in paper.values())
     assert all(s.gated for s in code.values() if s.binary)
-    base = _specs(_cifar("binarydm_baseline"))
+    tiny = lambda m: _specs(resolved(tiny_config(**{"quant.method": m})))
+    base = tiny("binarydm_baseline")
     assert {s.weight for s in base.values() if s.binary and s.bits_w == 1} == {"learnable_scale"}
-    lsq = _specs(_cifar("lsq"))
+    lsq = tiny("lsq")
     assert {s.weight for p, s in lsq.items() if s.binary and p not in ("conv_in", "conv_out")} \
         == {"lsq2"}
 

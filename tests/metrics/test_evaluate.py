@@ -39,6 +39,15 @@ def test_run_eval_writes_proxy_labelled_metrics(workdir, tiny_cifar):
     assert saved["proxy_fid"] > 0 and 0 <= saved["proxy_precision"] <= 1
     assert 1.0 <= saved["proxy_is"] <= 10.0
     assert saved["reference"]["num_images"] == 80 and saved["reference"]["pr_num_images"] == 40
+    # 36 samples cannot support an FID: the result says so.
+    assert len(saved["warnings"]) == 1 and "on 36 samples: below 2,048" in saved["warnings"][0]
+
+
+def test_sample_count_warnings_thresholds():
+    from bidm_jax.metrics.evaluate import sample_count_warnings
+
+    assert sample_count_warnings(2048, 2048) == [] and sample_count_warnings(50_000, 2048) == []
+    assert sample_count_warnings(2047, 64) and sample_count_warnings(3000, 4096)
 
 
 def test_reference_images_as_samples_give_zero_fid(workdir, tiny_cifar):

@@ -13,12 +13,13 @@ from bidm_jax import build, parallel
 from bidm_jax.build import Trainable, teacher_loss_fn
 from bidm_jax.configlib import validate_config
 from bidm_jax.data.pipeline import BatchSource, load_images
+from bidm_jax.errors import TrainingDiverged
 from bidm_jax.main import run
 from bidm_jax.models import build_unet
 from bidm_jax.models.functional import Functional
 from bidm_jax.parallel import place
 from bidm_jax.training import optim
-from bidm_jax.training.loop import Loop
+from bidm_jax.training.loop import Loop, scalar
 from tests.conftest import resolved, tiny_config
 
 
@@ -90,7 +91,10 @@ class Interrupt(Exception):
 
 def losses_of(workdir):
     with open(os.path.join(workdir, "logs", "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+        rows = [json.loads(line) for line in f]
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), f"steps logged twice: {steps}"
+    return {r["step"]: r["loss"] for r in rows}
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(setup, tmp_path):
@@ -124,6 +128,67 @@ def test_resume_after_interrupt_matches_uninterrupted_run(setup, tmp_path):
         np.testing.assert_allclose(b[step], a[step], rtol=1e-6)
     for k in fm.params:
         np.testing.assert_allclose(resumed.params()[k], full.params()[k], rtol=1e-6)
+
+
+def test_diverging_run_stops_with_a_clear_error(tmp_path):
+    """A NaN-producing learning rate: the run stops after train.max_nonfinite_streak
+    non-finite updates in a row, says why, keeps no checkpoint of a broken model and writes
+    no samples; the command line exits with code 3 and one line."""
+    cfg = tiny_config(**{"train.lr": 1e6, "train.num_steps": 60, "train.warmup_steps": 0,
+                         "train.max_nonfinite_streak": 5, "ckpt.save_every": 100,
+                         "mesh.data": 1})
+    work = str(tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match=r"diverged: the last \d+ updates .* were "
+                                               r"non-finite .*train.lr \(now 1e\+06\)") as e:
+        run(cfg, work, "train")
+    step = int(str(e.value).split("(to step ")[1].split(")")[0])
+    assert step <= 20  # stops within a few steps of the streak limit
+    assert not os.path.exists(os.path.join(work, "final.json"))
+    assert not os.path.exists(os.path.join(work, "samples"))
+    assert not [d for d in os.listdir(os.path.join(work, "checkpoints")) if d.isdigit()]
+
+
+def test_checkpoint_without_the_streak_still_resumes(setup, tmp_path):
+    """Checkpoints written before ``nonfinite_streak`` existed restore with the streak at 0."""
+    cfg, fm, _ = setup
+    old = Loop(cfg, str(tmp_path), trainable(cfg, fm))
+    old.state = {k: v for k, v in old.state.items() if k != "nonfinite_streak"}
+    old.save(wait=True)
+    old.close()
+    new = Loop(cfg, str(tmp_path), trainable(cfg, fm))
+    assert new.resumed and int(scalar(new.state["nonfinite_streak"])) == 0
+    new.close()
+
+
+def test_repeated_tuple_override_replaces():
+    from bidm_jax.main import last_override_wins
+
+    c = tiny_config()
+    c.model.ch_mult = (1, 2, 1, 2)   # what ml_collections made of the two flags below
+    argv = ["--config.model.ch_mult=(1,2)", "--mode=train", "--config.model.ch_mult=1,2",
+            "--config.train.lr=1e-3", "--config.train.lr=2e-3"]
+    assert last_override_wins(c, argv) == ["model.ch_mult"]
+    assert c.model.ch_mult == (1, 2)
+    c.model.attn_resolutions = (4, 8)
+    assert last_override_wins(c, ["--config.model.attn_resolutions=(4,8)",
+                                  "--config.model.attn_resolutions=4"]) == \
+        ["model.attn_resolutions"]
+    assert c.model.attn_resolutions == (4,)
+
+
+def test_cli_maps_divergence_to_exit_code_3(monkeypatch, capsys):
+    from bidm_jax import main as cli
+
+    def diverge(config, workdir, mode):
+        raise TrainingDiverged("training diverged: test")
+
+    monkeypatch.setattr(cli, "run", diverge)
+    monkeypatch.setattr(cli, "FLAGS", type("F", (), {"config": tiny_config(), "mode": "train",
+                                                     "workdir": "unused"})())
+    with pytest.raises(SystemExit) as e:
+        cli.main(["prog"])
+    assert e.value.code == 3
+    assert capsys.readouterr().err.strip() == "bidm_jax: error: training diverged: test"
 
 
 def test_loss_goes_down_on_digits(tmp_path):
