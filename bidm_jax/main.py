@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bidm_jax import workdir as workdir_lib
 from bidm_jax.errors import TrainingDiverged
 from bidm_jax.modes import MODES  # a plain table: importing it loads nothing heavy
 
@@ -36,8 +36,11 @@ def run(config, workdir: str, mode: str):
     from bidm_jax import modes, parallel
 
     parallel.maybe_initialize_distributed(config.mesh)  # before any device use
-    os.makedirs(workdir, exist_ok=True)
-    return modes.run(mode, config, workdir)
+    workdir_lib.prepare(workdir)
+    import jax
+
+    with workdir_lib.lock(workdir, mode, primary=jax.process_index() == 0):
+        return modes.run(mode, config, workdir)
 
 
 def last_override_wins(config, argv: list[str]) -> list[str]:
