@@ -88,8 +88,10 @@ METHOD = _register()
 def _config(teacher: str, **over):
     # One device: the sharded step is tested elsewhere, and every run here then compiles the
     # same programs (the persistent cache serves the later ones).
+    # One level without attention (compile time); the middle block's attention stays.
     c = tiny_config(**{"train.num_steps": 4, "ckpt.save_every": 2, "diffusion.sampler": "ddpm",
-                       "mesh.data": 1, **over})
+                       "mesh.data": 1, "model.ch_mult": (1,), "model.attn_resolutions": (),
+                       **over})
     c.quant.method = NAME
     c.quant.shortcut_scale_init = 0.5
     c.distill.teacher = teacher
@@ -100,7 +102,7 @@ def _config(teacher: str, **over):
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("teacher") / "checkpoints")
-    fm = Functional(build_unet(tiny_config().model, rngs=nnx.Rngs(0)))
+    fm = Functional(build_unet(_config("").model, rngs=nnx.Rngs(0)))
     checkpoint.write_params(path, {k: np.asarray(v) for k, v in fm.params.items()})
     return path
 
@@ -119,7 +121,7 @@ def test_the_student_has_the_methods_pieces(teacher_dir):
     assert {f"{conv}.basis_1", f"{conv}.basis_2"} <= set(s.fm.params)
     assert {f"{conv}.calib_shift", f"{conv}.absmean"} <= set(s.fm.aux)
     assert not any(n.endswith(("calib_shift", "absmean")) for n in s.fm.params)
-    assert "down.1.attn.0.operands.q" not in s.fm.params  # sign_ste has no variables
+    assert "mid.attn_1.operands.q" not in s.fm.params  # sign_ste has no variables
     assert METHOD.needs_calibration(s.fm.module(s.fm.params))
 
 
@@ -237,7 +239,7 @@ def test_attention_hook_quantizes_the_operands(teacher_dir):
     from bidm_jax.quant.extras import AttentionOperands
 
     s = build.student(resolved(_config(teacher_dir)))
-    ops = s.fm.module(s.fm.params).down[1].attn[0].operands
+    ops = s.fm.module(s.fm.params).mid.attn_1.operands
     assert isinstance(ops, AttentionOperands) and ops.names == {"q": "sign_ste", "k": "sign_ste"}
     q, k, v = (jax.random.normal(key, (2, 5, 8)) for key in jax.random.split(jax.random.key(0), 3))
     got = attention(q, k, v, ops)
