@@ -73,8 +73,10 @@ class LowBit(Method):
     # --- layers -----------------------------------------------------------------------------
 
     def weight_for(self, group: int | None, qcfg) -> str:
-        """Registry name of the weight quantizer of a quantized layer in block ``group``."""
-        raise NotImplementedError
+        """Registry name of the weight quantizer of a quantized layer in block ``group``
+        (each LowBit method gives its own: BinaryDM's EBB, the Baseline's σ·sign, LSQ)."""
+        raise NotImplementedError(f"method {self.name!r}: a LowBit method must say which "
+                                  "weight quantizer its layers use (weight_for)")
 
     def layer_patterns(self, family):
         # Every conv/linear of the blocks is quantized, the ResBlock 1×1 skips included
