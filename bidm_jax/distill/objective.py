@@ -6,8 +6,8 @@ D is SPD (BiDM), plain L2, LRM (BinaryDM, λ = ``distill.lrm_lambda``, projectio
 calibration step) or absent; features are the student's tap outputs *after* TBS mixing and
 the frozen FP teacher's at the same (x_t, t) (the tap names are the model family's
 ``spd_features``, or its ``timestep_outputs`` for LRM). A method may add a regulariser
-(:meth:`~bidm_jax.methods.Method.extra_loss`: BinaryDM's L_EBB). With TBS on, the cache comes from a stop-gradient student pass at
-(x_{t+1}, t+1) (t+1 clipped to T−1) with the same x0 and ε, dropout on, no mixing (BiDM
+(:meth:`~bidm_jax.methods.Method.extra_loss`: BinaryDM's L_EBB). With TBS on, the cache
+comes from a stop-gradient student pass at (x_{t+1}, t+1) (t+1 clipped to T−1) with the same x0 and ε, dropout on, no mixing (BiDM
 ddpm_ours.py ``p_losses``). The method's step hook sets its auxiliary state before the
 forward (ReSTE's o); the main pass may advance running statistics, returned as the new
 auxiliary state.
