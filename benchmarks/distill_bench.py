@@ -21,6 +21,9 @@ steps (compile excluded). Variants:
 * ``binarydm_code`` BinaryDM W1A4, code mode: two bases kept, per-batch steps, progressive
 * ``binarydm_baseline`` BinaryDM's Baseline W1A4 (single basis, LSQ 4-bit, no LRM)
 * ``lsq_w2a4``     LSQ W2A4
+* ``qdm``          Q-DM W4A4: LSQ 4-bit weights/activations, TaQ (batch_ema) on q/k, NeM
+* ``qdm_unroll``   Q-DM with NeM unrolled over 4 DDIM steps (``distill.nem_unroll=4``)
+* ``lsq_w4a4``     Q-DM's LSQ W4A4 baseline: the same layers without TaQ and NeM
 """
 from __future__ import annotations
 
@@ -47,6 +50,9 @@ VARIANTS = {
     "binarydm_code": ("binarydm", False, "lrm", {"distill.faithful_to": "code"}),
     "binarydm_baseline": ("binarydm_baseline", False, "none"),
     "lsq_w2a4": ("lsq", False, "none", {"quant.bits_w": 2}),
+    "qdm": ("qdm", False, "nem"),
+    "qdm_unroll": ("qdm", False, "nem", {"distill.nem_unroll": 4}),
+    "lsq_w4a4": ("qdm", False, "none", {"quant.taq": "off"}),
 }
 
 

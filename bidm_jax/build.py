@@ -297,8 +297,11 @@ def describe(config, s: Student) -> dict:
             else None, "tbs_init": c.distill.tbs_init if c.distill.tbs else None,
             "tbs_mix": [list(m) for m in s.topology.mix] if s.topology else [],
             "tbs_carry_floats_per_sample": tbs_lib.carry_floats(s.carry_shapes),
-            "distill_features": s.feature_names if c.distill.loss != "none" else [],
+            "distill_features": s.feature_names if c.distill.loss not in ("none", "nem") else [],
             **({"lrm_lambda": c.distill.lrm_lambda, "lrm_mode": c.distill.lrm_mode,
                 "lrm_k": c.distill.lrm_k} if c.distill.loss == "lrm" else {}),
+            **({f: c.distill[f] for f in ("nem_lambda", "nem_target", "nem_unroll",
+                                          "nem_stride", "keep_simple")}
+               if c.distill.loss == "nem" else {}),
             **s.method.describe(c),
             "student_params": count(s.fm.params)}

@@ -21,7 +21,8 @@ import ml_collections
 from ml_collections import config_dict
 
 FAITHFUL_TO = ("paper", "code")
-LOSSES = ("auto", "spd", "l2", "lrm", "none")
+LOSSES = ("auto", "spd", "l2", "lrm", "nem", "none")
+NEM_TARGETS = ("eps", "x0", "mean")
 LRM_MODES = ("auto", "paper", "code")
 SPD_FORMS = ("code", "paper")
 TBS_TOPOLOGIES = ("code", "paper")
@@ -55,6 +56,15 @@ def get_distill_config() -> ml_collections.ConfigDict:
     c.lrm_lambda = 1e-4
     c.lrm_k = 4
     c.lrm_mode = "auto"
+    # Q-DM's NeM (loss 'nem', methods.md §4.4; bidm_jax.distill.nem): L_simple (unless
+    # keep_simple=False) + nem_lambda·‖T(ε̂_FP) − T(ε̂_Q)‖², T per nem_target (eps | x0 |
+    # mean); nem_unroll=K > 0 matches the states after K DDIM steps of stride nem_stride
+    # (None = num_timesteps / diffusion.sample_steps) from the shared x_t instead.
+    c.nem_lambda = 1.0
+    c.nem_target = "eps"
+    c.nem_unroll = 0
+    c.nem_stride = config_dict.placeholder(int)
+    c.keep_simple = True
     return c
 
 
@@ -62,7 +72,7 @@ def validate_distill_config(c) -> None:
     """Raises ValueError naming the field and its valid values."""
     for field, choices in (("faithful_to", FAITHFUL_TO), ("loss", LOSSES),
                            ("spd_form", SPD_FORMS), ("tbs_topology", TBS_TOPOLOGIES),
-                           ("lrm_mode", LRM_MODES)):
+                           ("lrm_mode", LRM_MODES), ("nem_target", NEM_TARGETS)):
         if c[field] not in choices:
             raise ValueError(f"distill.{field}={c[field]!r} is invalid; valid choices: "
                              f"{', '.join(choices)}")
@@ -82,6 +92,14 @@ def validate_distill_config(c) -> None:
         raise ValueError(f"distill.lrm_lambda={c.lrm_lambda} must be >= 0")
     if not isinstance(c.lrm_k, int) or c.lrm_k < 1:
         raise ValueError(f"distill.lrm_k={c.lrm_k!r} must be an int >= 1")
+    if c.nem_lambda < 0:
+        raise ValueError(f"distill.nem_lambda={c.nem_lambda} must be >= 0")
+    if not isinstance(c.nem_unroll, int) or c.nem_unroll < 0:
+        raise ValueError(f"distill.nem_unroll={c.nem_unroll!r} must be an int >= 0")
+    if c.nem_stride is not None and c.nem_stride < 1:
+        raise ValueError(f"distill.nem_stride={c.nem_stride} must be >= 1")
+    if not isinstance(c.keep_simple, bool):
+        raise ValueError(f"distill.keep_simple={c.keep_simple!r} must be True or False")
     if c.tbs is not None and not isinstance(c.tbs, bool):
         raise ValueError(f"distill.tbs={c.tbs!r} must be True, False or None (auto)")
 
@@ -103,6 +121,9 @@ def resolve_distill(config, method) -> None:
         d.loss = "none"
     if d.lrm_mode == "auto":
         d.lrm_mode = d.faithful_to
+    if d.nem_stride is None:
+        d.nem_stride = max(int(config.diffusion.num_timesteps)
+                           // int(config.diffusion.sample_steps), 1)
 
 
 def apply_distill_training(config) -> None:

@@ -3,7 +3,8 @@
     L = ε-loss(student(x_t, t), ε) + λ · D(student features, teacher features)
 
 D is SPD (BiDM), plain L2, LRM (BinaryDM, λ = ``distill.lrm_lambda``, projections fixed by the
-calibration step) or absent; features are the student's tap outputs *after* TBS mixing and
+calibration step) or absent; Q-DM's NeM (``distill.loss='nem'``, :mod:`bidm_jax.distill.nem`)
+matches the teacher's output instead of features; features are the student's tap outputs *after* TBS mixing and
 the frozen FP teacher's at the same (x_t, t) (the tap names are the model family's
 ``spd_features``, or its ``timestep_outputs`` for LRM). A method may add a regulariser
 (:meth:`~bidm_jax.methods.Method.extra_loss`: BinaryDM's L_EBB). With TBS on, the cache
@@ -22,7 +23,7 @@ import numpy as np
 
 from bidm_jax.diffusion import losses as dlosses
 from bidm_jax.diffusion import schedules
-from bidm_jax.distill import lrm
+from bidm_jax.distill import lrm, nem
 from bidm_jax.distill import tbs as tbs_lib
 from bidm_jax.distill.losses import total_loss
 from bidm_jax.methods import CalibrationContext
@@ -80,19 +81,33 @@ def make_loss_fn(config, method, student_fm: Functional, teacher_fm: Functional,
             with aux_mode("train"):
                 eps, _ = module(x_t, t, None, dropout_rng=k_d if use_dropout else None,
                                 features=feats_s)
-        s_feats, t_feats = [], []
-        if needs_teacher:
-            feats_t: dict = {}
-            teacher_fm(teacher_params, x_t, t, None, features=feats_t)
-            s_feats = [feats_s[n] for n in feature_names]
-            t_feats = [jax.lax.stop_gradient(feats_t[n]) for n in feature_names]
+        # The auxiliary state the step returns: the main pass's (NeM's unrolled passes below
+        # must not advance running statistics a second time).
         new_aux = student_fm.aux_of(module)
-        weight = dist.lrm_lambda if dist.loss == "lrm" else dist.spd_lambda
-        loss, parts = total_loss(eps, noise, s_feats, t_feats, distill=dist.loss,
-                                 weight=float(weight), patches=int(dist.spd_patches),
-                                 spd_form=dist.spd_form, reduction=dcfg.loss_reduction,
-                                 lrm_projections=[new_aux[n] for n in lrm_names],
-                                 lrm_mode=dist.lrm_mode)
+        if dist.loss == "nem":
+            eps_fp, _ = teacher_fm(teacher_params, x_t, t, None)
+
+            def student(x, tt):
+                with aux_mode("train"):
+                    return module(x, tt, None, dropout_rng=jax.random.fold_in(k_d, tt[0])
+                                  if use_dropout else None)[0]
+
+            loss, parts = nem.objective(eps, eps_fp, noise, x_t, t, abar, dist, student,
+                                        lambda x, tt: teacher_fm(teacher_params, x, tt, None)[0],
+                                        reduction=dcfg.loss_reduction)
+        else:
+            s_feats, t_feats = [], []
+            if needs_teacher:
+                feats_t: dict = {}
+                teacher_fm(teacher_params, x_t, t, None, features=feats_t)
+                s_feats = [feats_s[n] for n in feature_names]
+                t_feats = [jax.lax.stop_gradient(feats_t[n]) for n in feature_names]
+            weight = dist.lrm_lambda if dist.loss == "lrm" else dist.spd_lambda
+            loss, parts = total_loss(eps, noise, s_feats, t_feats, distill=dist.loss,
+                                     weight=float(weight), patches=int(dist.spd_patches),
+                                     spd_form=dist.spd_form, reduction=dcfg.loss_reduction,
+                                     lrm_projections=[new_aux[n] for n in lrm_names],
+                                     lrm_mode=dist.lrm_mode)
         metrics.update(noise_loss=parts["noise"], distill_loss=parts["distill"])
         extra, extra_metrics = method.extra_loss(params, aux, step, config)
         if extra is not None:

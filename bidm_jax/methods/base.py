@@ -103,6 +103,11 @@ class Method:
         any of 'q', 'k', 'weights' (softmax output), 'v' -> registry name; None = none."""
         return None
 
+    def attention_taq(self, path: str, qcfg):
+        """Q-DM's TaQ on the attention operands of block ``path``: a
+        :class:`~bidm_jax.quant.taq.TaQSpec`, or None (no normalisation)."""
+        return None
+
     def attention_gated(self, qcfg) -> bool:
         """Whether the attention operand quantizers have an on/off switch (``quant_on``,
         auxiliary state set by :meth:`step_aux`)."""
@@ -136,6 +141,12 @@ class Method:
 
     def validate(self, qcfg) -> None:
         """Raises ValueError on ``quant`` flags this method cannot honour."""
+        if qcfg.get("taq", "auto") not in ("auto", "off"):
+            raise ValueError(f"quant.taq={qcfg.taq!r} needs a method with LSQ activations (qdm, "
+                             f"lsq, binarydm, binarydm_baseline), not {self.name!r}")
+        if qcfg.get("weight_granularity", "auto") not in ("auto", "channel"):
+            raise ValueError(f"quant.weight_granularity={qcfg.weight_granularity!r} needs a "
+                             f"method with LSQ weights (qdm, lsq), not {self.name!r}")
 
     def describe(self, config) -> dict:
         """The method's resolved settings for ``distill.json`` (beyond the common ones)."""

@@ -18,6 +18,7 @@ from bidm_jax.methods.base import Method
 from bidm_jax.models.registry import get_family
 from bidm_jax.quant.policy import LayerSpec
 from bidm_jax.quant.registry import LSQ_BITS
+from bidm_jax.quant.taq import TaQSpec
 
 __all__ = ["LowBit", "GATE", "act_quantizer"]
 
@@ -27,12 +28,13 @@ OPERANDS_SUFFIX = ".operands"  # attention operand quantizers live under {block}
 
 def act_quantizer(bits: int, step: str) -> str:
     """Registry name of the LSQ activation quantizer: 'fp' at 32 bits, ``lsq{b}`` (learned
-    step) or ``lsq{b}_dynamic`` (the code's per-batch step)."""
+    step), ``lsq{b}_sample`` (learned, the LSQ paper's gradient scale) or ``lsq{b}_dynamic``
+    (the code's per-batch step)."""
     if bits == 32:
         return "fp"
     if bits not in LSQ_BITS:
         raise ValueError(f"LSQ activations need quant.bits_a in {LSQ_BITS} or 32, got {bits}")
-    return f"lsq{bits}" + ("_dynamic" if step == "dynamic" else "")
+    return f"lsq{bits}" + {"dynamic": "_dynamic", "learned_lsq": "_sample"}.get(step, "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +62,22 @@ class LowBit(Method):
                 q[field] = value
         if q.ebb_switch_step is None:
             q.ebb_switch_step = int(config.train.num_steps) // 2
+        for field, fallback in (("taq", "off"), ("weight_granularity", "channel")):
+            if q[field] == "auto":
+                q[field] = fallback
+        if q.taq_timesteps is None:
+            q.taq_timesteps = int(config.diffusion.num_timesteps)
         if q.attn_quant_start is None:
             groups = get_family(config.model.name).num_groups
             q.attn_quant_start = groups(config.model) if q.progressive and groups else 0
 
+    lsq_weights: bool = False      # LSQ weight steps (quant.weight_granularity applies)
+
     def validate(self, qcfg) -> None:
         act_quantizer(int(self.field(qcfg, "bits_a")), self.field(qcfg, "act_step"))
+        if not self.lsq_weights and qcfg.weight_granularity not in ("auto", "channel"):
+            raise ValueError(f"quant.weight_granularity={qcfg.weight_granularity!r} needs a "
+                             f"method with LSQ weights (qdm, lsq), not {self.name!r}")
         if qcfg.first_last_bits is not None and qcfg.first_last_bits not in (*LSQ_BITS, 32):
             raise ValueError(f"quant.first_last_bits={qcfg.first_last_bits} must be in "
                              f"{LSQ_BITS} or 32 (full precision)")
@@ -109,6 +121,18 @@ class LowBit(Method):
         name = act_quantizer(int(self.field(qcfg, "bits_a")), self.field(qcfg, "act_step"))
         return {"q": name, "k": name, "weights": name, "v": name}
 
+    def attention_taq(self, path: str, qcfg):
+        # Q-DM's TaQ (bidm_jax.quant.taq); every LowBit method can ablate it ('off' unless
+        # the method's values turn it on).
+        mode = self.field(qcfg, "taq") or "off"
+        if mode == "off":
+            return None
+        return TaQSpec(mode=mode, operands=tuple(qcfg.taq_operands),
+                       buckets=int(qcfg.taq_buckets), momentum=float(qcfg.taq_momentum),
+                       variance=qcfg.taq_variance, eps=float(qcfg.taq_eps),
+                       num_timesteps=int(qcfg.taq_timesteps or 1000),
+                       affine_init=qcfg.taq_affine_init)
+
     def attention_gated(self, qcfg) -> bool:
         return bool(self.field(qcfg, "attn_quant")) and int(qcfg.attn_quant_start or 0) > 0
 
@@ -139,4 +163,5 @@ class LowBit(Method):
         q = config.quant
         return {f: q[f] for f in ("bits_w", "bits_a", "two_basis", "two_basis_groups",
                                   "ebb_tau", "ebb_switch_step", "act_step", "first_last_bits",
-                                  "progressive", "attn_quant", "attn_quant_start")}
+                                  "progressive", "attn_quant", "attn_quant_start",
+                                  "weight_granularity", "taq")}

@@ -16,18 +16,24 @@ QUANT_VALUES = tuple(
         ("bits_w", 2), ("bits_a", 4), ("two_basis", "none"),
         ("act_step", "learned" if w == "paper" else "dynamic"),
         ("first_last_bits", 8 if w == "paper" else 32), ("progressive", False),
-        ("attn_quant", True)))
+        ("attn_quant", True), ("weight_granularity", "channel")))
 
 
 @dataclasses.dataclass(frozen=True)
 class LSQ(LowBit):
+    lsq_weights: bool = True
+
     def weight_for(self, group, qcfg) -> str:
-        return f"lsq{int(self.field(qcfg, 'bits_w'))}"
+        # quant.weight_granularity: 'channel' (default) or 'tensor' (the original LSQ's).
+        tensor = self.field(qcfg, "weight_granularity") == "tensor"
+        return f"lsq{int(self.field(qcfg, 'bits_w'))}" + ("_tensor" if tensor else "")
 
     def validate(self, qcfg) -> None:
         super().validate(qcfg)
-        if qcfg.bits_w is not None and qcfg.bits_w not in LSQ_BITS:
-            raise ValueError(f"method 'lsq' needs quant.bits_w in {LSQ_BITS}, got {qcfg.bits_w}")
+        bits_w = self.field(qcfg, "bits_w")
+        if bits_w not in LSQ_BITS:
+            raise ValueError(f"method {self.name!r} needs quant.bits_w in {LSQ_BITS}, got "
+                             f"{bits_w}")
 
 
 LSQ_METHOD = register_method(LSQ(

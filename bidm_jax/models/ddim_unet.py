@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bidm_jax.models.layers import FPFactory, attention
+from bidm_jax.models.functional import timestep_context
 
 GN_EPS = 1e-6  # ermongroup/pesser GroupNorm epsilon (methods.md §1.1)
 
@@ -229,6 +230,10 @@ class DDIMUNet(nnx.Module):
         Returns:
           (eps (B, R, R, out_ch), carry).
         """
+        with timestep_context(t):
+            return self._forward(x, t, carry, dropout_rng, mixer, features)
+
+    def _forward(self, x, t, carry, dropout_rng, mixer, features):
         keys = iter(range(10_000))
 
         def rng():

@@ -59,6 +59,31 @@ def current_aux_mode() -> str | None:
     return _AUX_MODE.get()
 
 
+# The timesteps (B,) of the model call being traced, for layers whose behaviour depends on
+# t without taking it as an argument (per-timestep quantizer statistics: Q-DM's TaQ buckets,
+# EfficientDM's per-step activation steps). A family's model sets it around its forward.
+_TIMESTEP: contextvars.ContextVar = contextvars.ContextVar("bidm_timestep", default=None)
+
+
+@contextlib.contextmanager
+def timestep_context(t) -> Iterator[None]:
+    """Layers traced inside the block see ``t`` (B,) through :func:`current_timestep`."""
+    token = _TIMESTEP.set(t)
+    try:
+        yield
+    finally:
+        _TIMESTEP.reset(token)
+
+
+def current_timestep():
+    """The (B,) timesteps of the enclosing model call; a clear error outside one."""
+    t = _TIMESTEP.get()
+    if t is None:
+        raise RuntimeError("this layer needs the timestep, but it was called outside a model "
+                           "forward that sets it (models.functional.timestep_context)")
+    return t
+
+
 def _shape(v) -> tuple:
     return tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
 

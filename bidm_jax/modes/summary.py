@@ -22,6 +22,14 @@ from bidm_jax.distill import tbs as tbs_lib
 from bidm_jax.quant import summarize
 
 
+# Which OPs convention a multi-bit claim can be read in (methods.md §4.5).
+OPS_NOTE = ("OPs conventions: BOPs/64 + FLOPs (BiDM, BinaryDM) prices a W4A4 MAC at 16/64 "
+            "of FP, so W4A4 cannot pass 4x; Sum MAC*b/32 + FLOPs prices it at 4/32 (8x "
+            "ceiling). Q-DM's '7.8x for W4A4' fits only the b/32 convention: W4A4 with FP "
+            "conv_in/conv_out gives 7.94x, with the time MLP and temb_proj FP too 7.91x, with "
+            "the attention matmuls counted in FP 6.67x (DDPM CIFAR-10 UNet).")
+
+
 def tbs_summary(config, model) -> dict | None:
     """TBS extras of a resolved config: table shape and per-sample carry (None if TBS is off)."""
     dist = config.distill
@@ -49,6 +57,8 @@ def run_summary(config, workdir: str) -> dict:
     info = {"method": config.quant.method, **info, "tbs": tbs_summary(config, model)}
     lines = [f"model: {config.model.name}, quant.method={config.quant.method}, input {shape}",
              table]
+    if any(int(k) > 1 for k in info["bits"]["activation_layers"]):
+        lines += ["", OPS_NOTE]
     if info["tbs"]:
         t = info["tbs"]
         lines += ["", f"TBS ({t['topology']} topology): coefficient table {t['table_shape']} "

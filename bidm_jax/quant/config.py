@@ -24,7 +24,11 @@ CHOICES = {
     "rprelu": ("auto", "none", "post_residual", "pre_residual"),
     "binary_bias": ("auto", "drop", "keep"),
     "two_basis": ("auto", "paper", "code", "none"),
-    "act_step": ("auto", "learned", "dynamic"),
+    "act_step": ("auto", "learned", "learned_lsq", "dynamic"),
+    "weight_granularity": ("auto", "channel", "tensor"),
+    "taq": ("auto", "batch_ema", "online", "per_t_bucket", "off"),
+    "taq_variance": ("biased", "unbiased"),
+    "taq_affine_init": ("unit", "calibrated"),
 }
 
 
@@ -70,13 +74,29 @@ def get_quant_config() -> ml_collections.ConfigDict:
     c.two_basis_groups = 2        # groups 0..n-1 (feature scale >= 1/2 of the input's)
     c.ebb_tau = 9e-2              # L_EBB = tau * mean sigma_II (paper Table 11 "mu")
     c.ebb_switch_step = config_dict.placeholder(int)  # None = half of train.num_steps
-    # LSQ activation step: 'learned' (calibrated on the first batch, then trained) or
-    # 'dynamic' (2·mean|x|/sqrt(Q_P) of every batch, the released code's _ActQ).
+    # LSQ activation step: 'learned' (calibrated on the first batch, then trained; step
+    # gradient scaled by 1/sqrt(numel·Q_P) as BinaryDM's code), 'learned_lsq' (the same with
+    # the LSQ paper's 1/sqrt(features per sample·Q_P), Q-DM) or 'dynamic' (2·mean|x|/sqrt(Q_P)
+    # of every batch, the released BinaryDM code's _ActQ).
     c.act_step = "auto"
     c.first_last_bits = config_dict.placeholder(int)  # W/A bits of quant.edge_layers; 32 = FP
     c.progressive = config_dict.placeholder(bool)     # one layer group per step (code)
     c.attn_quant = config_dict.placeholder(bool)      # LSQ on attention q, k, softmax, v
     c.attn_quant_start = config_dict.placeholder(int)  # first step with it on (code: groups+1)
+    # --- Q-DM (methods.md §4.4; every value is this project's reading, docs/qdm.md) -------
+    # LSQ weight steps: 'channel' (one per output channel) or 'tensor' (original LSQ).
+    c.weight_granularity = "auto"
+    # TaQ on attention operands before their quantizer: batch_ema | online | per_t_bucket |
+    # off ('auto' = the method's: batch_ema for qdm, off otherwise); see bidm_jax.quant.taq.
+    c.taq = "auto"
+    c.taq_operands = ("q", "k")       # add "v" to normalise v too
+    c.taq_buckets = 10                # per_t_bucket: timestep groups of T/buckets
+    c.taq_momentum = 0.1              # running statistics, PyTorch convention (Flax 0.9)
+    c.taq_variance = "biased"         # the running variance tracks the biased (Flax) or
+    #                                   unbiased (PyTorch BatchNorm) batch variance
+    c.taq_eps = 1e-5
+    c.taq_affine_init = "unit"        # gamma 1, beta 0 | 'calibrated': identity on batch 1
+    c.taq_timesteps = config_dict.placeholder(int)  # T of the buckets (diffusion's, set)
     # Layers kept FP / binarized: fnmatch patterns on the layer paths (official state-dict
     # names), FP checked first. Empty = the model family's (bidm_jax.models), filled in at
     # start-up; a path matching neither list is an error.
@@ -111,6 +131,16 @@ def validate_quant_config(cfg) -> None:
     for field in ("ebb_switch_step", "attn_quant_start"):
         if cfg[field] is not None and cfg[field] < 0:
             raise ValueError(f"quant.{field}={cfg[field]} must be >= 0")
+    bad_ops = set(cfg.taq_operands) - {"q", "k", "v"}
+    if isinstance(cfg.taq_operands, str) or bad_ops:
+        raise ValueError(f"quant.taq_operands={cfg.taq_operands!r} must be a tuple of 'q', 'k', "
+                         "'v'")
+    if cfg.taq_buckets < 1:
+        raise ValueError(f"quant.taq_buckets={cfg.taq_buckets} must be >= 1")
+    if not 0 < cfg.taq_momentum <= 1:
+        raise ValueError(f"quant.taq_momentum={cfg.taq_momentum} must be in (0, 1]")
+    if not cfg.taq_eps > 0:
+        raise ValueError(f"quant.taq_eps={cfg.taq_eps} must be > 0")
     for field in ("fp_layers", "binary_layers", "edge_layers"):
         pats = cfg[field]
         if isinstance(pats, str) or not all(isinstance(p, str) for p in pats):

@@ -17,6 +17,7 @@ from bidm_jax.models.layers import torch_uniform
 from bidm_jax.quant import binarizers as B
 from bidm_jax.quant import variables
 from bidm_jax.quant.registry import QuantGate
+from bidm_jax.quant.taq import TaQ, TaQSpec
 
 __all__ = ["RPReLU", "KConv", "XnorppScale", "Shortcut1x1", "avg_pool", "AttentionOperands",
            "OPERANDS"]
@@ -104,12 +105,13 @@ OPERANDS = ("q", "k", "weights", "v")
 class AttentionOperands(nnx.Module):
     """Activation quantizers on the operands of one attention block (the factory's attention
     hook): ``quantizers`` maps any of 'q', 'k', 'weights' (the softmax output) and 'v' to a
-    registry activation quantizer. Each operand's quantizer variables live under
+    registry activation quantizer; ``taq`` (Q-DM) normalises its operands first. Each operand's quantizer variables live under
     ``{block}.operands.{operand}``. ``gated``: a ``quant_on`` switch (auxiliary state, 1.0 =
     quantize) that the method's step hook sets (BinaryDM's code turns it on at step 5)."""
 
-    def __init__(self, path: str, quantizers: dict[str, str], gated: bool = False):
-        bad = set(quantizers) - set(OPERANDS)
+    def __init__(self, path: str, quantizers: dict[str, str], gated: bool = False,
+                 channels: int | None = None, taq: TaQSpec | None = None):
+        bad = set(quantizers) - set(OPERANDS) | set(taq.operands if taq else ()) - {"q", "k", "v"}
         if bad:
             raise ValueError(f"{path}: unknown attention operands {sorted(bad)}; valid: "
                              f"{', '.join(OPERANDS)}")
@@ -121,9 +123,21 @@ class AttentionOperands(nnx.Module):
                             None, None)
             setattr(self, op, holder)
         self.quant_on = QuantGate(jnp.asarray(1.0, jnp.float32)) if gated else None
+        # Q-DM's TaQ before the quantizer of each listed operand (bidm_jax.quant.taq).
+        # Its variables are {block}.operands.taq_{operand}.{gamma, beta, running_mean, ...}.
+        self.taq_operands = ()
+        if taq is not None and taq.mode != "off":
+            if channels is None:
+                raise ValueError(f"{path}: TaQ needs the attention block's channel count")
+            self.taq_operands = tuple(taq.operands)
+            for op in self.taq_operands:
+                setattr(self, f"taq_{op}", TaQ(channels, taq))
 
     def __call__(self, operand: str, x: jax.Array) -> jax.Array:
-        """x quantized as ``operand`` says (unchanged when that operand has no quantizer)."""
+        """x normalised (TaQ) and quantized as ``operand`` says (unchanged when that operand
+        has neither)."""
+        if operand in self.taq_operands:
+            x = getattr(self, f"taq_{operand}")(x)
         name = self.names.get(operand)
         if name is None:
             return x

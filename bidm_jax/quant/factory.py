@@ -98,10 +98,12 @@ class QuantFactory:
 
     def attention(self, path: str, channels: int, *, rngs: nnx.Rngs):
         """The method's quantizers on the operands of attention block ``path`` (None: none)."""
-        quantizers = self.method.attention_quantizers(path, self.config)
-        if not quantizers:
+        quantizers = self.method.attention_quantizers(path, self.config) or {}
+        taq = self.method.attention_taq(path, self.config)
+        if not quantizers and (taq is None or taq.mode == "off"):
             return None
-        return AttentionOperands(path, quantizers, gated=self.method.attention_gated(self.config))
+        return AttentionOperands(path, quantizers, gated=self.method.attention_gated(self.config),
+                                 channels=channels, taq=taq)
 
     @property
     def binary_paths(self) -> list[str]:

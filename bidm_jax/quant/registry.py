@@ -20,7 +20,8 @@ efficiency summary and the packed export read the metadata, so a new quantizer i
   scales computed from W in training that the binary model must store at inference);
 * multi-bit quantizers (precision 2..8): ``levels(x, **variables) -> (integers, step)`` with
   ``fn(x) == integers·step``: what a packed layer stores (weights, as int8) or feeds its
-  integer core (activations).
+  integer core (activations); with ``zero_point=True`` (asymmetric quantizers, any precision)
+  ``levels`` returns (integers, step, zero point) with ``fn(x) == step·(integers − zero point)``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Quantizer:
     derived_scales: str | None = None
     inference_planes: int | None = None
     levels: Callable | None = None
+    zero_point: bool = False
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -194,6 +196,14 @@ def _lsq_act(bits):
                   lambda x, step: B.lsq_quantize(x, step.astype(x.dtype), bits), (step,),
                   f"signed {bits}-bit LSQ, learned per-tensor step (calibrated init), STE",
                   levels=lambda x, step: (B.lsq_integer(x, step.astype(x.dtype), bits), step)),
+        # The LSQ paper's step-gradient scale, N = features per sample (x.size / batch), which
+        # Q-DM's reading uses (methods.md §4.4); ``lsq{b}`` keeps BinaryDM's numel (§3.3).
+        Quantizer(f"lsq{bits}_sample", "activation", bits,
+                  lambda x, step: B.lsq_quantize(x, step.astype(x.dtype), bits,
+                                                 num_elements=x.size // x.shape[0]), (step,),
+                  f"signed {bits}-bit LSQ, learned per-tensor step (calibrated init), STE, "
+                  "step-gradient scale 1/sqrt(features per sample · Q_P)",
+                  levels=lambda x, step: (B.lsq_integer(x, step.astype(x.dtype), bits), step)),
         Quantizer(f"lsq{bits}_dynamic", "activation", bits,
                   lambda x: B.lsq_quantize(x, _dynamic_step(x, bits), bits), (),
                   f"signed {bits}-bit LSQ, step 2·mean|x|/sqrt(Q_P) of every batch, STE",
@@ -216,6 +226,21 @@ def _lsq_weight(bits):
 
     return Quantizer(f"lsq{bits}", "weight", bits, fn, (step,),
                      f"signed {bits}-bit LSQ, learned per-output-channel step, STE",
+                     levels=lambda w, step: (B.lsq_integer(w, step, bits), step))
+
+
+def _lsq_weight_tensor(bits):
+    # The original LSQ's granularity: one step for the whole kernel, shape (1,) so it
+    # broadcasts over the output channels wherever a per-channel step would.
+    step = QVar("step", "weight_step",
+                lambda w, i: jnp.reshape(B.lsq_init_scale(jnp.asarray(w, jnp.float32), bits),
+                                         (1,)), from_kernel=True)
+
+    def fn(w, step):
+        return B.lsq_quantize(w, step, bits)
+
+    return Quantizer(f"lsq{bits}_tensor", "weight", bits, fn, (step,),
+                     f"signed {bits}-bit LSQ, one learned step per kernel, STE",
                      levels=lambda w, step: (B.lsq_integer(w, step, bits), step))
 
 
@@ -252,7 +277,7 @@ def _register_builtins():
         Quantizer("ebb_staged", "weight", 1, _ebb_staged, (_SIGMA1, _SIGMA2, _SECOND),
                   "EBB until the stage switch, then sigma_I·sign(W) (Eq. 5-10)",
                   planes=2, plane_fn=_ebb_planes, inference_planes=1),
-        *(q for b in LSQ_BITS for q in (*_lsq_act(b), _lsq_weight(b))),
+        *(q for b in LSQ_BITS for q in (*_lsq_act(b), _lsq_weight(b), _lsq_weight_tensor(b))),
     ):
         register(q)
 

@@ -138,7 +138,10 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
     ``params`` {by_bits (stored), teacher, other_fp}; ``macs`` {binary, bops, fp_layers,
     skip, shortcut, kconv, unclaimed (attention matmuls), total_traced}; ``stored`` and
     ``paper`` {fp32_size_mib, size_mib, fp32_flops, bops, flops, ops, size_saving,
-    ops_saving} (+ ``size_with_scales_mib`` for paper); ``layers``: one row per factory layer.
+    ops_saving} (+ ``size_with_scales_mib`` and the b/32 accounting ``ops_bitwidth``,
+    ``ops_bitwidth_saving`` for paper); ``layers``: one row per factory layer. Two OPs
+    accountings (methods.md §4.5): BiDM/BinaryDM's OPs = BOPs/64 + FLOPs (BOPs = b_w·b_a·MACs,
+    a W4A4 layer at 1/4 of FP) and Σ MAC·max(b_w, b_a)/32 + FLOPs (a W4A4 layer at 1/8).
     """
     shape = tuple(input_shape)
     if len(shape) == 3:
@@ -158,12 +161,16 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
                          "QuantFactory (use method 'fp' for a full-precision model)")
     layers, other_params = _layer_params(model)
 
-    rows, macs = [], dict(binary=0, bops=0, fp_layers=0, skip=0, shortcut=0, kconv=0)
+    rows, macs = [], dict(binary=0, bops=0, bit_macs=0, fp_layers=0, skip=0, shortcut=0,
+                          kconv=0)
     for r in records:
         is_skip = any(fnmatch.fnmatchcase(r.path, p) for p in skip_patterns)
         if r.binary:
             macs["binary"] += r.macs
             macs["bops"] += r.macs * r.bits_w * r.bits_a
+            # Q-DM's reading (methods.md §4.5): a b-bit MAC costs b/32 of an FP one; with
+            # W != A the wider operand sets the datapath.
+            macs["bit_macs"] += r.macs * max(r.bits_w, r.bits_a)
         else:
             macs["fp_layers"] += r.macs
             macs["skip"] += r.macs if is_skip else 0
@@ -226,13 +233,17 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
         paper=dict(fp32_size_mib=size_fp, size_mib=paper_bits / 8 / _MiB,
                    size_with_scales_mib=(paper_bits + 32 * paper_scales) / 8 / _MiB,
                    fp32_flops=fp_paper, bops=macs["bops"], flops=flops_paper,
-                   ops=macs["bops"] / 64 + flops_paper),
+                   ops=macs["bops"] / 64 + flops_paper,
+                   ops_bitwidth=macs["bit_macs"] / 32 + flops_paper),
         layers=rows,
     )
     for conv in ("stored", "paper"):
         c = out[conv]
         c["size_saving"] = c["fp32_size_mib"] / c["size_mib"]
         c["ops_saving"] = c["fp32_flops"] / c["ops"] if c["ops"] else float("nan")
+    p = out["paper"]
+    p["ops_bitwidth_saving"] = p["fp32_flops"] / p["ops_bitwidth"] if p["ops_bitwidth"] \
+        else float("nan")
     return _table(out), out
 
 
@@ -268,6 +279,9 @@ def _table(s: dict) -> str:
                   f"{'  FLOPs':<30}{c['fp32_flops']:>12.3e}{c['flops']:>12.3e}",
                   f"{'  OPs = BOPs/64 + FLOPs':<30}{c['fp32_flops']:>12.3e}{c['ops']:>12.3e}"
                   f"{c['ops_saving']:>8.1f}x"]
+    p = s["paper"]
+    lines.append(f"{'  OPs = Σ MAC·b/32 + FLOPs':<30}{p['fp32_flops']:>12.3e}"
+                 f"{p['ops_bitwidth']:>12.3e}{p['ops_bitwidth_saving']:>8.1f}x")
     if "size_with_scales_mib" in s["paper"]:
         lines.append(f"{'  size + fp32 weight scales':<30}{'':>12}"
                      f"{s['paper']['size_with_scales_mib']:>12.2f}")

@@ -97,10 +97,12 @@ def _bidm_step_inputs(s):
     return step, state0, x0
 
 
-@pytest.mark.parametrize("method", ["bidm", "binarydm"])
+@pytest.mark.parametrize("method", ["bidm", "binarydm", "qdm"])
 def test_sharded_step_equals_single_device_step(method):
     """One full optimizer step (loss, grads, clip, Adam, EMA) over an 8-device batch-sharded
-    mesh equals the 1-device step: BiDM (TBS + SPD) and BinaryDM (LSQ, LRM, L_EBB)."""
+    mesh equals the 1-device step: BiDM (TBS + SPD), BinaryDM (LSQ, LRM, L_EBB) and Q-DM
+    (TaQ's minibatch statistics over the whole sharded batch and its running statistics,
+    NeM)."""
     s = _one_level(method)
     step, state0, x0 = _bidm_step_inputs(s)
     if s.aux:
@@ -112,8 +114,14 @@ def test_sharded_step_equals_single_device_step(method):
         f = jax.jit(step, in_shardings=(repl, parallel.batch_sharded(mesh)))
         state, metrics = f(jax.device_put(state0, repl), x0)
         assert len(state["params"].sharding.device_set) == n
-        results.append((np.asarray(state["params"]), {k: float(v) for k, v in metrics.items()}))
-    (p1, m1), (p8, m8) = results
+        results.append((np.asarray(state["params"]), {k: float(v) for k, v in metrics.items()},
+                        jax.device_get(state.get("aux", {}))))
+    (p1, m1, a1), (p8, m8, a8) = results
+    if method == "qdm":
+        running = [n for n in a1 if ".running_" in n]
+        assert running and all(not np.array_equal(a1[n], state0["aux"][n]) for n in running)
+        for n in running:
+            np.testing.assert_allclose(a8[n], a1[n], rtol=1e-5, atol=1e-6, err_msg=n)
     assert m1["distill_loss"] > 0 and (method != "binarydm" or m1["ebb_reg"] > 0)
     for k in ("loss", "noise_loss", "distill_loss", "grad_norm", "ebb_reg"):
         if k in m1:
@@ -182,7 +190,7 @@ def test_forward_backward_per_method(method_grads, case):
     assert (tbs_lib.TABLE_NAME in g) == bool(s.config.distill.tbs)
     if s.config.distill.tbs:
         assert np.any(np.asarray(g[tbs_lib.TABLE_NAME]))
-    if s.config.distill.loss in ("spd", "lrm"):
+    if s.config.distill.loss in ("spd", "lrm", "nem"):
         assert float(metrics["distill_loss"]) > 0
     else:
         assert float(metrics["distill_loss"]) == 0.0

@@ -257,6 +257,7 @@ def _ckpt_values(work):
     ("binarydm", "paper", {"bits_a": 32}),         # W1A32: ±1 weights, float activations
     ("binarydm_baseline", "paper", {"bits_a": 8}),  # W1A8
     ("lsq", "paper", {}),                          # W2A4: int8 levels of 2-bit weights
+    ("qdm", "paper", {"taq": "per_t_bucket"}),     # W4A4, TaQ statistics per timestep group
 ])
 def test_packed_forward_equals_fake_quant(method, faithful_to, quant):
     """pack_params + the packed graph reproduce the fake-quant forward of each variant."""
