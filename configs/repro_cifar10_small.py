@@ -1,7 +1,7 @@
-"""Reduced-scale reproduction of BiDM's CIFAR-10 comparison (BiDM Tables 1 and 3) and of
-BinaryDM's W1A4 rows (BinaryDM Table 1): one FP teacher trained here, nine W1A1 and three
-low-bit students (BinaryDM W1A4, its Baseline W1A4, LSQ W2A4) distilled from it under one
-identical budget.
+"""Reduced-scale reproduction of BiDM's CIFAR-10 comparison (BiDM Tables 1 and 3), of
+BinaryDM's W1A4 rows (BinaryDM Table 1) and of Q-DM's W4A4 claim: one FP teacher trained
+here, nine W1A1 and five low-bit students (BinaryDM W1A4, its Baseline W1A4, LSQ W2A4,
+Q-DM W4A4 and its LSQ W4A4 baseline) distilled from it under one identical budget.
 
 The whole experiment is driven by ``launch/repro_cifar10_small.sh``; each of its stages is a
 plain CLI call with this file, e.g.
@@ -38,6 +38,10 @@ STUDENTS = {
     "binarydm": ("binarydm", None, "auto"),
     "binarydm_baseline": ("binarydm_baseline", None, "auto"),
     "lsq_w2a4": ("lsq", None, "auto"),
+    # Q-DM's W4A4 comparison (methods.md §4): Q-DM (TaQ + NeM) and its LSQ baseline, the
+    # same W4A4 layers without either.
+    "qdm_w4a4": ("qdm", None, "auto"),
+    "lsq_w4a4": ("qdm", None, "none", {"taq": "off"}),
 }
 
 # Diagnostic variants, run only when named in the driver's --models: they isolate one

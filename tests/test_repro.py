@@ -13,7 +13,7 @@ from bidm_jax.repro import jobs, report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "repro_cifar10_small.sh")
 STUDENTS = ["bidm", "xnor", "reactnet", "xnor++", "reste", "dorefa", "bbcu", "xnor_tbs",
-            "xnor_spd", "binarydm", "binarydm_baseline", "lsq_w2a4"]
+            "xnor_spd", "binarydm", "binarydm_baseline", "lsq_w2a4", "qdm_w4a4", "lsq_w4a4"]
 
 
 def _env():
@@ -52,7 +52,8 @@ def test_tiny_run_writes_every_model(tiny_run):
             assert np.isfinite(e["metrics"][k]), (name, k)
         assert e["train_seconds"] > 0 and e["job_seconds"] > 0
         if name != "teacher":
-            want = {"binarydm": "W1A4", "binarydm_baseline": "W1A4", "lsq_w2a4": "W2A4"}
+            want = {"binarydm": "W1A4", "binarydm_baseline": "W1A4", "lsq_w2a4": "W2A4",
+                    "qdm_w4a4": "W4A4", "lsq_w4a4": "W4A4"}
             assert e["bits"] == want.get(name, "W1A1") and np.isfinite(e["psnr_vs_teacher_db"])
             # One identical budget for every student.
             assert e["budget"] == models["bidm"]["budget"]
@@ -62,9 +63,12 @@ def test_tiny_run_writes_every_model(tiny_run):
     assert not models["xnor"]["tbs"] and models["xnor"]["distill_loss"] == "none"
     assert models["binarydm"]["distill_loss"] == "lrm"
     assert models["binarydm_baseline"]["distill_loss"] == "none"
+    assert models["qdm_w4a4"]["distill_loss"] == "nem"
+    assert models["lsq_w4a4"]["distill_loss"] == "none"
     s = res["summary"]
     assert sorted(s["cifar10_ordering_found"]) == sorted(s["cifar10_ordering_paper"])
     assert sorted(s["w1a4_ordering_found"]) == sorted(s["w1a4_ordering_paper"])
+    assert sorted(s["w4a4_ordering_found"]) == sorted(s["w4a4_ordering_paper"])
     fid = {m: e["metrics"]["proxy_fid"] for m, e in models.items()}
     assert s["bidm_over_xnor_proxy_fid"] == pytest.approx(fid["bidm"] / fid["xnor"])
     png = res_dir / "samples.png"

@@ -20,12 +20,16 @@ PAPER_ABLATION_FID = {"xnor": 106.62, "xnor_tbs": 35.23, "xnor_spd": 40.62, "bid
 PAPER_RATIO = PAPER_CIFAR_FID["bidm"] / PAPER_CIFAR_FID["xnor"]  # 0.72
 # BinaryDM Table 1: FID on CIFAR-10 at W1A4 (LSQ at W2A4).
 PAPER_W1A4_FID = {"binarydm": 87.77, "binarydm_baseline": 100.17, "lsq_w2a4": 137.75}
+# Q-DM (methods.md §4.2): W4A4 CIFAR-10 FID 5.17 (1000-step DDPM); the LSQ baseline's number
+# is not available, only that Q-DM beats it by a large margin.
+PAPER_W4A4_FID = {"qdm_w4a4": 5.17}
+W4A4_CLAIMED_ORDER = ["qdm_w4a4", "lsq_w4a4"]
 
 LABELS = {"teacher": "FP teacher", "bidm": "BiDM (TBS + SPD)", "xnor": "XNOR",
           "reactnet": "ReActNet", "xnor++": "XNOR++", "reste": "ReSTE", "dorefa": "DoReFa",
           "bbcu": "BBCU", "xnor_tbs": "XNOR + TBS", "xnor_spd": "XNOR + SPD",
           "binarydm": "BinaryDM (EBB + LRM)", "binarydm_baseline": "BinaryDM Baseline",
-          "lsq_w2a4": "LSQ",
+          "lsq_w2a4": "LSQ", "qdm_w4a4": "Q-DM (TaQ + NeM)", "lsq_w4a4": "LSQ (Q-DM's baseline)",
           # diagnostics (DIAGNOSTICS of the config)
           "xnor_nok": "XNOR without K", "xnor_unitsc": "XNOR + unit shortcut",
           "xnor_rprelu": "XNOR + RPReLU", "xnor_bias": "XNOR keeping the bias",
@@ -85,7 +89,8 @@ def collect(workdir: str, models: list[str], sample_files: dict[str, str], budge
                  "train_seconds": final.get("train_seconds"),
                  "sample_seconds": final.get("sample_seconds"),
                  "job_seconds": job_seconds.get(name),
-                 "paper_cifar10_fid": PAPER_CIFAR_FID.get(name, PAPER_W1A4_FID.get(name))}
+                 "paper_cifar10_fid": {**PAPER_W4A4_FID, **PAPER_W1A4_FID,
+                                       **PAPER_CIFAR_FID}.get(name)}
         if name != "teacher" and imgs is not None and teacher is not None:
             p = psnr(imgs, teacher[:len(imgs)])
             entry["psnr_vs_teacher_db"] = float(np.mean(np.minimum(p, 100.0)))
@@ -111,6 +116,8 @@ def summary(entries: list[dict]) -> dict:
             "ablation_ordering_paper": sorted(abl, key=PAPER_ABLATION_FID.get),
             "w1a4_ordering_found": ordering(entries, list(PAPER_W1A4_FID)),
             "w1a4_ordering_paper": sorted(PAPER_W1A4_FID, key=PAPER_W1A4_FID.get),
+            "w4a4_ordering_found": ordering(entries, W4A4_CLAIMED_ORDER),
+            "w4a4_ordering_paper": W4A4_CLAIMED_ORDER,
             "bidm_over_xnor_proxy_fid": ratio, "paper_bidm_over_xnor_fid": round(PAPER_RATIO, 3)}
 
 
@@ -165,7 +172,7 @@ def write_readme(path: str, results: dict) -> None:
     """The human-readable results page next to results.json."""
     s, b, info = results["summary"], results["budget"], results["run"]
     ratio = s["bidm_over_xnor_proxy_fid"]
-    text = f"""# Reduced-scale CIFAR-10 reproduction of BiDM's W1A1 and BinaryDM's W1A4 comparisons
+    text = f"""# Reduced-scale CIFAR-10 reproduction of the W1A1, W1A4 and W4A4 comparisons
 
 {info['size_note']}
 
@@ -201,6 +208,9 @@ def write_readme(path: str, results: dict) -> None:
 - W1A4 ordering (BinaryDM Table 1: BinaryDM, Baseline, LSQ W2A4): found
   {' < '.join(s.get('w1a4_ordering_found', [])) or '–'}; paper
   {' < '.join(s.get('w1a4_ordering_paper', []))}.
+- W4A4 ordering (Q-DM's claim that it beats its LSQ baseline; Q-DM FID 5.17 with 1000-step
+  DDPM in the paper): found {' < '.join(s.get('w4a4_ordering_found', [])) or '–'}; paper
+  {' < '.join(s.get('w4a4_ordering_paper', []))}.
 {info.get('findings', '')}
 ## Samples
 
