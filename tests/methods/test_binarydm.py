@@ -13,29 +13,22 @@ import pytest
 from flax import nnx
 
 from bidm_jax import build, export
-from bidm_jax.configlib import sibling
 from bidm_jax.distill import lrm
 from bidm_jax.main import run
 from bidm_jax.models import build_unet
 from bidm_jax.models.functional import Functional
 from bidm_jax.quant import summarize
 from bidm_jax.training import checkpoint
-from bidm_jax.training.loop import Loop
-from tests.conftest import ROOT, resolved, tiny_config
+from tests.conftest import resolved, tiny_config
+from tests.methods.lowbit_helpers import assert_packed_samples_match, interrupted_distill, layer_specs, paper_config
 
 
 def _cifar(method="binarydm", faithful_to="paper", **quant):
-    c = sibling(os.path.join(ROOT, "configs", "x.py"), "cifar10_ddim_binarydm").get_config()
-    c.quant.method, c.distill.faithful_to = method, faithful_to
-    for k, v in quant.items():
-        c.quant[k] = v
-    return resolved(c)
+    return paper_config("cifar10_ddim_binarydm", {"faithful_to": faithful_to}, method=method,
+                        **quant)
 
 
-def _specs(config):
-    f = build.factory(config)
-    nnx.eval_shape(lambda: build_unet(config.model, rngs=nnx.Rngs(0), factory=f))
-    return f.specs
+_specs = layer_specs
 
 
 HEAD_TAIL = ("down.0.block.0.conv1", "down.0.downsample.conv", "down.1.block.1.conv2",
@@ -136,27 +129,9 @@ def _config(teacher, **over):
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory, monkeypatch_module):
     """W1A4 (paper: staged EBB switching at step 2, LSQ 4-bit, 8-bit edges, LRM on the 5
-    TimestepEmbed outputs of a one-level UNet) over the 8-device mesh, interrupted after 2 steps and resumed to 4. Records the state the resumed
-    run starts from (after its calibration hook, which must not run again)."""
-    assert jax.device_count() == 8
-    teacher = str(tmp_path_factory.mktemp("teacher") / "checkpoints")
-    fm = Functional(build_unet(_config("").model, rngs=nnx.Rngs(0)))
-    checkpoint.write_params(teacher, {k: np.asarray(v) for k, v in fm.params.items()})
-    work = str(tmp_path_factory.mktemp("binarydm"))
-    run(_config(teacher, **{"train.num_steps": 2}), work, "distill")
-    started = {}
-    calibrate = Loop.calibrate
-
-    def spy(self, source):
-        calibrate(self, source)
-        # To the host now: the training steps donate the state's buffers.
-        started.update(jax.device_get({"params": self.params(ema=False),
-                                       "aux": dict(self.state["aux"])}),
-                       resumed=self.resumed)
-
-    monkeypatch_module.setattr(Loop, "calibrate", spy)
-    final = run(_config(teacher), work, "distill")
-    return work, final, started
+    TimestepEmbed outputs of a one-level UNet) over the 8-device mesh, interrupted after 2
+    steps and resumed to 4 (tests.methods.lowbit_helpers.interrupted_distill)."""
+    return interrupted_distill(tmp_path_factory, monkeypatch_module, _config, "binarydm")
 
 
 @pytest.fixture(scope="module")
@@ -239,12 +214,7 @@ def test_packed_w1a4_sampling_equals_fake_quant(distilled):
                                                                         "packed.npz"))
     q = jax.jit(lambda v: qfm.module(v)(x, t, None)[0])(qvalues)
     np.testing.assert_allclose(np.asarray(q), np.asarray(a), rtol=1e-4, atol=1e-4)
-    c.sample.packed = "auto"
-    run(c, work, "sample")
-    a = np.load(os.path.join(work, "samples", "samples.npz"))["arr_0"].astype(int)
-    b = np.load(os.path.join(work, "samples", "samples_distill.npz"))["arr_0"].astype(int)
-    same = [np.array_equal(a[i], b[i]) for i in range(len(a))]
-    assert sum(same) >= len(a) - 1, same
+    assert_packed_samples_match(c, work)
 
 
 def _ckpt_values(work):

@@ -9,31 +9,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from bidm_jax import build
 from bidm_jax.configlib import sibling
 from bidm_jax.diffusion import schedules
 from bidm_jax.distill import nem
 from bidm_jax.main import run
-from bidm_jax.models import build_unet
 from bidm_jax.models.functional import aux_mode, timestep_context
 from bidm_jax.quant import registry, summarize
 from bidm_jax.quant.taq import TaQ, TaQSpec
 from tests.conftest import ROOT, resolved, tiny_config
+from tests.methods.lowbit_helpers import layer_specs, paper_config
 
 
 def _cifar(**quant):
-    c = sibling(os.path.join(ROOT, "configs", "x.py"), "cifar10_ddim_qdm").get_config()
-    for k, v in quant.items():
-        c.quant[k] = v
-    return resolved(c)
+    return paper_config("cifar10_ddim_qdm", **quant)
 
 
-def _specs(config):
-    f = build.factory(config)
-    nnx.eval_shape(lambda: build_unet(config.model, rngs=nnx.Rngs(0), factory=f))
-    return f.specs
+_specs = layer_specs
 
 
 # --- layers ---------------------------------------------------------------------------------
