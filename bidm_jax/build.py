@@ -29,6 +29,7 @@ from bidm_jax.diffusion import schedules
 from bidm_jax.distill import lrm as lrm_lib
 from bidm_jax.distill import objective
 from bidm_jax.distill import tbs as tbs_lib
+from bidm_jax.distill import trajectory
 from bidm_jax.methods import Method, get_method
 from bidm_jax.models import build_unet, compute_dtype, get_family
 from bidm_jax.models.functional import Functional, check_shapes, count
@@ -186,6 +187,8 @@ def student(config, teacher_params: dict | None = None,
     if config.distill.loss == "lrm" and training:
         lrm_lib.attach_lrm(module, names, config.distill.lrm_mode, config.distill.lrm_k,
                            input_shape(config))
+    if config.distill.data == trajectory.DATA and training:
+        trajectory.attach_buffers(module, config, input_shape(config))
     fm = Functional(module)
     model_fn, carry_init = objective.make_sample_fns(fm, topology, shapes)
     return Student(fm, m, topology, names, shapes, model_fn, carry_init)
@@ -204,9 +207,10 @@ def feature_names(config, module) -> list[str]:
 
 
 def sampling_aux(aux: dict) -> dict:
-    """A checkpoint's auxiliary state without the distillation's own (LRM's projections),
-    which the sampling model does not hold."""
-    return {n: v for n, v in aux.items() if not n.startswith(lrm_lib.PREFIX + ".")}
+    """A checkpoint's auxiliary state without the distillation's own (LRM's projections,
+    the teacher-trajectory buffers), which the sampling model does not hold."""
+    own = (lrm_lib.PREFIX + ".", trajectory.PREFIX + ".")
+    return {n: v for n, v in aux.items() if not n.startswith(own)}
 
 
 def sampling_model(config, packed: PackedOptions | None = None,
@@ -237,6 +241,7 @@ class Trainable:
     tag: str
     info: dict = dataclasses.field(default_factory=dict)
     info_file: str | None = None
+    lr_multipliers: dict | None = None   # {param name: lr multiplier} (the method's groups)
 
 
 def teacher_loss_fn(fm: Functional, config):
@@ -284,7 +289,8 @@ def distill_trainable(config, teacher_fm: Functional, teacher_params: dict) -> t
         calibrate_fn = objective.make_calibrate_fn(config, s.method, s.fm, teacher_fm,
                                                    teacher_params, s.feature_names)
     t = Trainable(s.fm, s.fm.params, loss_fn, s.model_fn, s.carry_init, calibrate_fn,
-                  input_shape(config), "_distill", describe(config, s), "distill.json")
+                  input_shape(config), "_distill", describe(config, s), "distill.json",
+                  s.method.lr_multipliers(s.fm.params, config))
     return t, s
 
 
@@ -303,5 +309,6 @@ def describe(config, s: Student) -> dict:
             **({f: c.distill[f] for f in ("nem_lambda", "nem_target", "nem_unroll",
                                           "nem_stride", "keep_simple")}
                if c.distill.loss == "nem" else {}),
+            **(trajectory.describe(c) if c.distill.data == trajectory.DATA else {}),
             **s.method.describe(c),
             "student_params": count(s.fm.params)}

@@ -14,8 +14,9 @@ every other tensor, auxiliary state included, in float32. The file:
 * ``{workdir}/export/packed.npz``: an uncompressed ``np.savez`` of the tensors by dotted name,
   plus ``__config__`` (the resolved config as JSON) and ``__meta__`` (format, layout, the
   packed layers with their contraction length, planes, weight and activation bit widths), both
-  as uint8 bytes. Multi-bit weights (LSQ, 8-bit first/last convs) are ``kernel_q`` (int8
-  levels) and ``kernel_step`` (O,) instead of planes; Files of format ``bidm_jax.packed/1`` (one plane, (words, O) / (O,)) still
+  as uint8 bytes. Multi-bit weights (LSQ, 8-bit first/last convs, EfficientDM) are
+  ``kernel_q`` (int8 levels), ``kernel_step`` (O,) and, when asymmetric, ``kernel_zp`` (O,)
+  instead of planes; Files of format ``bidm_jax.packed/1`` (one plane, (words, O) / (O,)) still
   load;
 * ``{workdir}/export/export.json`` (the mode, :mod:`bidm_jax.modes.export`): real byte counts.
 
@@ -72,9 +73,10 @@ def pack_params(fm: Functional, values: dict) -> tuple[dict, dict]:
     Per 1-bit layer: ``kernel_bits`` (P, words, O) and ``kernel_scale`` (P, O), the planes of
     its weight quantizer's forward value, checked to rebuild it (:func:`weight_planes`); P is
     the number of bases in use (a two-basis binarizer after its stage switch stores one).
-    Per multi-bit layer (LSQ weights): ``kernel_q`` (int8 levels, the kernel's shape) and
-    ``kernel_step`` (O,), with planes 0. A layer whose progressive-binarization switch is
-    still off cannot be packed.
+    Per multi-bit layer (LSQ weights; EfficientDM's asymmetric weights, at 1 bit too):
+    ``kernel_q`` (int8 levels, the kernel's shape), ``kernel_step`` (O,) and, for a quantizer
+    with a zero point, ``kernel_zp`` (O,): W_q = step·(kernel_q − kernel_zp); planes 0. A
+    layer whose progressive-binarization switch is still off cannot be packed.
     """
     def quantized(v):  # every layer's W_q and its quantizer's inputs in one program
         return {base: (layer._quant_weight(),
@@ -90,10 +92,14 @@ def pack_params(fm: Functional, values: dict) -> tuple[dict, dict]:
                              "not reached it): export a checkpoint after the first steps")
         w = np.asarray(values[f"{base}.kernel"], np.float32)
         k = math.prod(w.shape[:-1])
-        if q.precision > 1:
-            levels, step = (np.asarray(a) for a in q.levels(w, **w_q[base][1]))
-            out[f"{base}.kernel_q"] = levels.astype(np.int8)
-            out[f"{base}.kernel_step"] = np.asarray(step, np.float32)
+        if q.levels is not None:
+            # Multi-bit (and asymmetric) weights: int8 levels of the quantizer's forward value,
+            # a LoRA merged into W first (EfficientDM: W + B·A quantized once).
+            levels = [np.asarray(a) for a in jax.device_get(q.levels(w, **w_q[base][1]))]
+            out[f"{base}.kernel_q"] = levels[0].astype(np.int8)
+            out[f"{base}.kernel_step"] = np.asarray(levels[1], np.float32)
+            if q.zero_point:
+                out[f"{base}.kernel_zp"] = np.asarray(levels[2], np.float32)
             planes, zeros = [], 0
         else:
             try:

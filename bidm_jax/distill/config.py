@@ -21,6 +21,7 @@ import ml_collections
 from ml_collections import config_dict
 
 FAITHFUL_TO = ("paper", "code")
+DATA = ("auto", "real", "teacher_trajectory")
 LOSSES = ("auto", "spd", "l2", "lrm", "nem", "none")
 NEM_TARGETS = ("eps", "x0", "mean")
 LRM_MODES = ("auto", "paper", "code")
@@ -44,6 +45,10 @@ def get_distill_config() -> ml_collections.ConfigDict:
     c.num_steps = config_dict.placeholder(int)     # None = train.num_steps
     c.batch_size = config_dict.placeholder(int)    # None = train.batch_size
     c.loss = "auto"             # auto | spd | l2 | lrm | none (feature distillation term)
+    # What the student trains on: 'real' images noised at random t, or 'teacher_trajectory'
+    # (data-free: the FP teacher's DDIM trajectories from x_T ~ N(0, I), the student matching
+    # its ε̂ at each step; EfficientDM, bidm_jax.distill.trajectory). auto = the method's.
+    c.data = "auto"
     c.spd_lambda = config_dict.placeholder(float)  # None = per faithful_to (3e-2 / 1e-2)
     c.spd_patches = 4
     c.spd_form = "code"         # code (Frobenius of normalised row-Grams) | paper
@@ -70,7 +75,7 @@ def get_distill_config() -> ml_collections.ConfigDict:
 
 def validate_distill_config(c) -> None:
     """Raises ValueError naming the field and its valid values."""
-    for field, choices in (("faithful_to", FAITHFUL_TO), ("loss", LOSSES),
+    for field, choices in (("faithful_to", FAITHFUL_TO), ("loss", LOSSES), ("data", DATA),
                            ("spd_form", SPD_FORMS), ("tbs_topology", TBS_TOPOLOGIES),
                            ("lrm_mode", LRM_MODES), ("nem_target", NEM_TARGETS)):
         if c[field] not in choices:
@@ -121,6 +126,8 @@ def resolve_distill(config, method) -> None:
         d.loss = "none"
     if d.lrm_mode == "auto":
         d.lrm_mode = d.faithful_to
+    if d.data == "auto":
+        d.data = "real"
     if d.nem_stride is None:
         d.nem_stride = max(int(config.diffusion.num_timesteps)
                            // int(config.diffusion.sample_steps), 1)

@@ -25,6 +25,7 @@ from bidm_jax.diffusion import losses as dlosses
 from bidm_jax.diffusion import schedules
 from bidm_jax.distill import lrm, nem
 from bidm_jax.distill import tbs as tbs_lib
+from bidm_jax.distill import trajectory
 from bidm_jax.distill.losses import total_loss
 from bidm_jax.methods import CalibrationContext
 from bidm_jax.models.functional import Functional, aux_mode
@@ -50,6 +51,8 @@ def make_loss_fn(config, method, student_fm: Functional, teacher_fm: Functional,
     teacher (closed over; never differentiated). metrics: noise_loss, distill_loss
     (unweighted) and, with TBS, tbs_coef_mean.
     """
+    if config.distill.data == trajectory.DATA:  # data-free (EfficientDM)
+        return trajectory.make_loss_fn(config, method, student_fm, teacher_fm, teacher_params)
     dcfg, dist = config.diffusion, config.distill
     abar = np.asarray(schedules.from_config(dcfg), np.float32)
     T = dcfg.num_timesteps
@@ -124,6 +127,9 @@ def make_calibrate_fn(config, method, student_fm: Functional, teacher_fm: Functi
     one real batch x0 (B, H, W, C), noised at uniform timesteps, through a
     :class:`~bidm_jax.methods.CalibrationContext`; then, for LRM, the projections of the
     teacher's ``feature_names`` on the same batch."""
+    if config.distill.data == trajectory.DATA:  # data-free: on the teacher's trajectory
+        return trajectory.make_calibrate_fn(config, method, student_fm, teacher_fm,
+                                            teacher_params)
     dist = config.distill
 
     def calibrate_fn(params, aux, x0, key):

@@ -4,13 +4,13 @@
 the registered ones. Importing this package registers the built-in methods.
 """
 from bidm_jax.methods import (bbcu, bidm, binarydm, binarydm_baseline, dorefa,  # noqa: F401
-                              fp, lsq, qdm, reactnet, reste, xnor, xnorpp)
+                              efficientdm, fp, lsq, qdm, reactnet, reste, xnor, xnorpp)
 from bidm_jax.methods.base import (CalibrationContext, Method, get_method, list_methods,
                                    register_method)
 
 # The methods this package registers (tests that run "every method" run these).
 BUILT_IN = ("fp", "bidm", "xnor", "xnor++", "dorefa", "reactnet", "reste", "bbcu", "binarydm",
-            "binarydm_baseline", "lsq", "qdm")
+            "binarydm_baseline", "lsq", "qdm", "efficientdm")
 # The W1A1 methods of BiDM's tables (1-bit activations, one sign plane per weight).
 W1A1 = ("bidm", "xnor", "xnor++", "dorefa", "reactnet", "reste", "bbcu")
 

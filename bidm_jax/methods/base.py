@@ -159,6 +159,12 @@ class Method:
         ``config.train.num_steps``). Default: unchanged."""
         return aux
 
+    def lr_multipliers(self, params: dict, config) -> dict | None:
+        """{parameter name: learning-rate multiplier} over the student's initial ``params``
+        (names absent get 1, 0 freezes; :func:`bidm_jax.training.optim.make_optimizer`
+        applies them to the updates): a method's parameter groups. Default None: one lr."""
+        return None
+
     def extra_loss(self, params: dict, aux: dict, step, config):
         """(scalar added to the training loss, {metric: value}): a method's regulariser.
         Default: none."""

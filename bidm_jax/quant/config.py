@@ -29,6 +29,8 @@ CHOICES = {
     "taq": ("auto", "batch_ema", "online", "per_t_bucket", "off"),
     "taq_variance": ("biased", "unbiased"),
     "taq_affine_init": ("unit", "calibrated"),
+    "talsq_init": ("per_step", "shared"),
+    "zp_form": ("offset", "code"),
 }
 
 
@@ -97,6 +99,18 @@ def get_quant_config() -> ml_collections.ConfigDict:
     c.taq_eps = 1e-5
     c.taq_affine_init = "unit"        # gamma 1, beta 0 | 'calibrated': identity on batch 1
     c.taq_timesteps = config_dict.placeholder(int)  # T of the buckets (diffusion's, set)
+    # --- EfficientDM (methods.md §5; docs/efficientdm.md) -------------------------------
+    c.lora_rank = 32              # QALoRA rank on every b-bit layer (0: no LoRA)
+    c.lora_lr_div = 2500.0        # LoRA lr = the layer's mean weight step Δ / this (code)
+    c.weight_step_lr = 1e-6       # lr of the weight steps Δ (code); the TALSQ lr is train.lr
+    c.weight_zp_lr = 0.0          # lr of the weight zero points (code: frozen)
+    # TALSQ init: 'per_step' (each sampling step's (Δ, z) from that step's trajectory
+    # states) or 'shared' (one calibration over all steps copied to every step: the code).
+    c.talsq_init = "per_step"
+    # Activation zero point: 'offset' round(x/Δ + z) (integer levels for any z) or 'code'
+    # round(x/Δ) + z (the released code's; no integer export once z is trained).
+    c.zp_form = "offset"
+    c.talsq_grid = config_dict.placeholder(tuple)  # (first t, stride, steps); None = sampler's
     # Layers kept FP / binarized: fnmatch patterns on the layer paths (official state-dict
     # names), FP checked first. Empty = the model family's (bidm_jax.models), filled in at
     # start-up; a path matching neither list is an error.

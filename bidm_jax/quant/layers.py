@@ -23,9 +23,12 @@ int32 words, one plane per basis of the weight quantizer: (P, words, O)) and
 ``bias`` unless the spec keeps it; its core product runs from the bits
 (:mod:`bidm_jax.quant.packed`) and the epilogue is the same code as the fake-quant layer's.
 Multi-bit activations (LSQ) enter the integer core as their integer levels, the step
-multiplied after it. A multi-bit weight quantizer (LSQ, 8-bit first/last convs) is stored as
-``kernel_q`` (the kernel's shape, int8 levels) and ``kernel_step`` (O,) instead, and its core
-runs in float on the dequantized kernel (the same values as the fake-quant layer).
+multiplied after it. A multi-bit weight quantizer (LSQ, 8-bit first/last convs, EfficientDM's
+asymmetric weights at any width) is stored as ``kernel_q`` (the kernel's shape, int8 levels),
+``kernel_step`` (O,) and, with a zero point, ``kernel_zp`` (O,) instead; with multi-bit
+activations its core is one integer product of the levels with the zero-point terms in the
+epilogue (:func:`bidm_jax.quant.packed.int_conv_core`), with FP activations a float product
+on the dequantized kernel.
 
 Inputs are NHWC (conv) or (..., I) (dense). Binary forwards follow methods.md §2.2-2.4
 (bidm, xnor) and §5 (baselines); the bias is dropped unless ``quant.binary_bias='keep'``.
@@ -50,6 +53,12 @@ from bidm_jax.quant.registry import QuantGate, ReSTEPower
 __all__ = ["ReSTEPower", "QuantGate", "QConv", "QDense", "quantizers_in"]
 
 
+def _has_levels(spec: LayerSpec) -> bool:
+    """Whether a packed layer stores integer weight levels (``kernel_q``) rather than sign
+    planes: its weight quantizer has ``levels`` (every multi-bit one, and asymmetric 1-bit)."""
+    return spec.weight_quantizer.levels is not None
+
+
 class _Binary:
     """Weight/activation quantization shared by QConv and QDense."""
 
@@ -63,8 +72,9 @@ class _Binary:
         planes of the weight quantizer with their scales (W_q = Σ_p scale_p·sign_p);
         K = prod of all kernel axes but the last. Packed values are placeholders until a
         checkpoint loads. ``planes``: the planes of a packed layer (an export's own count),
-        default the weight quantizer's ``stored_planes``. A multi-bit weight quantizer packs
-        as ``kernel_q`` (shape, int8) and ``kernel_step`` (O,) instead."""
+        default the weight quantizer's ``stored_planes``. A weight quantizer with integer
+        ``levels`` packs as ``kernel_q`` (shape, int8), ``kernel_step`` (O,) and, with a zero
+        point, ``kernel_zp`` (O,) instead."""
         self.packed = packed if spec.binary else None
         self.kernel_shape = tuple(shape)
         out = shape[-1]
@@ -75,9 +85,11 @@ class _Binary:
             self.bias = nnx.Param(_torch_uniform(rngs.params(), (out,), fan_in))
             return
         self.bias = nnx.Param(jnp.zeros((out,), jnp.float32)) if spec.keep_bias else None
-        if spec.bits_w > 1:
+        if _has_levels(spec):
             self.kernel_q = nnx.Param(jnp.zeros(tuple(shape), jnp.int8))
             self.kernel_step = nnx.Param(jnp.ones((out,), jnp.float32))
+            if spec.weight_quantizer.zero_point:
+                self.kernel_zp = nnx.Param(jnp.zeros((out,), jnp.float32))
             return
         k = math.prod(shape[:-1])
         planes = spec.weight_quantizer.stored_planes if planes is None else planes
@@ -138,8 +150,30 @@ class _Binary:
                             self.group_words)
 
     def _packed_weight(self) -> jax.Array:
-        """The dequantized kernel of a packed multi-bit layer: int8 levels · step (O,)."""
-        return self.kernel_q[...].astype(jnp.float32) * self.kernel_step[...]
+        """The dequantized kernel of a packed multi-bit layer: (levels − zero point) · step."""
+        w = self.kernel_q[...].astype(jnp.float32)
+        if getattr(self, "kernel_zp", None) is not None:
+            w = w - self.kernel_zp[...]
+        return w * self.kernel_step[...]
+
+    def _int_core(self, x: jax.Array, dense: bool) -> jax.Array:
+        """The product of a packed multi-bit layer: the activation levels times the weight
+        levels in integers, zero points and steps in the epilogue; a float product on the
+        dequantized kernel when the activations have no integer levels (FP activations,
+        code-form zero points)."""
+        q, kw = self._act_kwargs(x, dense)
+        if q.levels is None:
+            a, w = self._quant_act(x, dense), self._packed_weight().astype(x.dtype)
+            return a @ w if dense else B.conv2d_nhwc(a, w, self.stride, self.padding)
+        out = q.levels(x, **kw)
+        qa, sa, za = out if q.zero_point else (*out, None)
+        zw = self.kernel_zp[...] if getattr(self, "kernel_zp", None) is not None else None
+        if dense:
+            acc = P.int_dense_core(qa, za, self.kernel_q[...], zw)
+        else:
+            acc = P.int_conv_core(qa, za, self.kernel_q[...], zw, stride=self.stride,
+                                  padding=self.padding)
+        return (acc * sa * self.kernel_step[...]).astype(x.dtype)
 
     def init_from_kernel(self) -> None:
         """Re-derive kernel-based inits (a learnable σ, XNOR-Net++ α) from the current
@@ -225,12 +259,12 @@ class QConv(_Binary, nnx.Module):
 
     def _core(self, x: jax.Array) -> jax.Array:
         """The quantized product conv(x_q, W_q): fake-quant, packed 1-bit planes (integer
-        input, step after), or a packed multi-bit kernel dequantized."""
+        input, step after), or packed multi-bit levels (:meth:`_int_core`)."""
         conv = lambda a, w: B.conv2d_nhwc(a, w.astype(x.dtype), self.stride, self.padding)
         if self.packed is None:
             return conv(self._quant_act(x, False), self._quant_weight())
-        if self.spec.bits_w > 1:
-            return conv(self._quant_act(x, False), self._packed_weight())
+        if _has_levels(self.spec):
+            return self._int_core(x, dense=False)
         if self.spec.bits_a == 32:  # W1A32: ±1 weights meet float activations
             return conv(self._quant_act(x, False), self._dequantized())
         xb, step = self._packed_input(x, dense=False)
@@ -310,8 +344,8 @@ class QDense(_Binary, nnx.Module):
         if not spec.binary:
             y = x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
         else:
-            if self.packed is not None and spec.bits_w > 1:
-                y = self._quant_act(x, dense=True) @ self._packed_weight().astype(x.dtype)
+            if self.packed is not None and _has_levels(spec):
+                y = self._int_core(x, dense=True)
             elif self.packed is not None and spec.bits_a == 32:
                 y = self._quant_act(x, dense=True) @ self._dequantized().astype(x.dtype)
             elif self.packed is not None:

@@ -50,7 +50,7 @@ from bidm_jax.kernels.packing import num_words, unpack_signs
 
 __all__ = ["KERNELS", "PALLAS_BACKENDS", "PackedOptions", "conv_core", "dense_core",
            "conv_plane", "dense_plane", "conv_core_act_planes", "act_planes", "dequantize",
-           "scale_of", "weight_planes"]
+           "scale_of", "weight_planes", "int_conv_core", "int_dense_core"]
 
 KERNELS = ("pallas", "xla")
 PALLAS_BACKENDS = ("auto", "gpu", "tpu")
@@ -266,3 +266,65 @@ def weight_planes(q, w, w_q, kwargs: dict) -> tuple[list[tuple[np.ndarray, np.nd
         raise ValueError(f"the planes of weight quantizer {q.name!r} do not rebuild its output "
                          f"(max deviation {bad:.3g}); it cannot be packed")
     return planes, int(sum(np.sum(src == 0) for src, _ in planes))
+
+
+# --- multi-bit weights: integer core with zero points ----------------------------------------
+#
+# A multi-bit layer stores its weight levels (int8, the kernel's shape), step (O,) and, for an
+# asymmetric quantizer, zero point (O,); its activation quantizer gives levels, a step and a
+# zero point per tensor or per sample. With a = s_a·(q_a − z_a) and w = s_w·(q_w − z_w),
+#
+#   Σ_k a_k·w_k = s_a·s_w·[Σ q_a·q_w − z_w·Σ q_a − z_a·Σ m·q_w + z_a·z_w·Σ m]
+#
+# over each output's window: one integer product (int8 × int8) and three correction terms in
+# the epilogue. m is 1 on the input and 0 on the conv's zero padding: the
+# fake-quant conv pads the dequantized input, where a = 0 means q_a = z_a, not q_a = 0, so
+# the z_a terms count only the window's real positions (Σ m·q_w and Σ m depend on the input
+# size only: one conv of a ones image). Symmetric quantizers (LSQ) have z = None and skip
+# their terms. Levels are stored signed (q − 2^(b−1), zero point shifted alike) so 8-bit ones
+# fit int8. The sums come back as float32, as in :func:`conv_plane` (cuDNN's int8 convolution
+# accumulates in int32 and writes f32; an s32 output is not among its configurations): exact
+# while |Σ| < 2^24, i.e. K·2^(b_a−1)·2^(b_w−1) < 2^24: every 4-bit layer (K < 262,144);
+# at W8A8 K < 1,024 (the first conv, K = 27; the last, K = 1,152, is within an ulp in the
+# worst case).
+
+def _int_conv(a: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    pads = ((padding, padding), (padding, padding))
+    return lax.conv_general_dilated(a.astype(jnp.int8), w.astype(jnp.int8), (stride, stride),
+                                    pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    preferred_element_type=jnp.float32)
+
+
+def int_conv_core(qa: jax.Array, za, qw: jax.Array, zw, *, stride: int,
+                  padding: int) -> jax.Array:
+    """Σ (q_a − z_a)(q_w − z_w) over each window of a zero-padded conv (see above): qa
+    (B, H, W, I) levels, qw (kh, kw, I, O) levels -> (B, Ho, Wo, O) float32. za: None, a
+    scalar or (B, 1, 1, 1); zw: None or (O,). Multiply by s_a·s_w for the layer's output."""
+    kh, kw, i, _ = qw.shape
+    acc = _int_conv(qa, qw, stride, padding)
+    ones_w = jnp.ones((kh, kw, i, 1), jnp.int8)
+    if zw is not None:
+        acc = acc - zw * _int_conv(qa, ones_w, stride, padding)
+    if za is not None:
+        mask = jnp.ones((1,) + qa.shape[1:], jnp.int8)
+        acc = acc - za * _int_conv(mask, qw, stride, padding)
+        if zw is not None:
+            acc = acc + za * zw * _int_conv(mask, ones_w, stride, padding)
+    return acc
+
+
+def int_dense_core(qa: jax.Array, za, qw: jax.Array, zw) -> jax.Array:
+    """Σ_k (q_a − z_a)(q_w − z_w): (..., I) levels, qw (I, O) -> (..., O) float32. za: None,
+    a scalar or (B, 1); zw: None or (O,). The product runs as bf16 × bf16 with f32 sums (the
+    levels are exact in bf16 and the sums below 2^24 for b ≤ 8, I < 1024), not s8 × s8 -> s32:
+    see :func:`dense_plane` for the XLA GPU gemm that got those wrong."""
+    acc = lax.dot_general(qa.astype(jnp.bfloat16), qw.astype(jnp.bfloat16),
+                          (((qa.ndim - 1,), (0,)), ((), ())),
+                          preferred_element_type=jnp.float32)
+    if zw is not None:
+        acc = acc - zw * jnp.sum(qa.astype(jnp.float32), axis=-1, keepdims=True)
+    if za is not None:
+        acc = acc - za * jnp.sum(qw.astype(jnp.float32), axis=0)
+        if zw is not None:
+            acc = acc + za * zw * qw.shape[0]
+    return acc

@@ -27,19 +27,55 @@ class Flat:
     def ravel(self, params: dict) -> jax.Array:
         return ravel_pytree({k: jnp.asarray(params[k], jnp.float32) for k in self.template})[0]
 
+    def multipliers(self, per_name: dict | None) -> jax.Array | None:
+        """A flat vector of per-parameter learning-rate multipliers from {name: m} (a scalar
+        or an array broadcastable to the parameter; absent names get 1); None stays None."""
+        if per_name is None:
+            return None
+        unknown = sorted(set(per_name) - set(self.template))
+        if unknown:
+            raise ValueError(f"learning-rate multipliers for unknown parameters: {unknown[:5]}")
+        return self.ravel({k: jnp.broadcast_to(jnp.asarray(per_name.get(k, 1.0), jnp.float32),
+                                               v.shape) for k, v in self.template.items()})
 
-def make_optimizer(tcfg) -> optax.GradientTransformation:
+
+LR_DECAYS = ("none", "linear")
+
+
+def make_optimizer(tcfg, lr_scale: jax.Array | None = None) -> optax.GradientTransformation:
     """Adam (AdamW when weight_decay > 0) with global-norm clipping and linear warm-up:
-    lr_s = lr · min(1, (s+1)/warmup) (DDPM/ermongroup recipe)."""
+    lr_s = lr · min(1, (s+1)/warmup) (DDPM/ermongroup recipe), times max(0, 1 − s/num_steps)
+    with ``train.lr_decay='linear'`` (EfficientDM's ``get_linear_schedule_with_warmup``).
+
+    lr_scale: per-parameter learning-rate multipliers as a flat vector (``Flat.multipliers``;
+    a method's parameter groups, e.g. EfficientDM's three learning rates; 0 freezes). They
+    scale the final updates, weight decay included, as a PyTorch parameter group's lr does;
+    scaling the gradients instead would do nothing (Adam is invariant to gradient scale).
+    None: no extra transformation (the optimizer state is the plain one)."""
     warm = max(int(tcfg.warmup_steps), 0)
     lr = float(tcfg.lr)
-    schedule = (lambda s: lr * jnp.minimum(1.0, (s + 1) / warm)) if warm else lr
+    decay = tcfg.get("lr_decay", "none")
+    if decay not in LR_DECAYS:
+        raise ValueError(f"train.lr_decay={decay!r} is invalid; valid choices: "
+                         f"{', '.join(LR_DECAYS)}")
+    steps = max(int(tcfg.num_steps), 1)
+
+    def schedule(s):
+        out = lr * jnp.minimum(1.0, (s + 1) / warm) if warm else lr
+        return out * jnp.maximum(0.0, 1.0 - s / steps) if decay == "linear" else out
+
+    if not warm and decay == "none":
+        schedule = lr
     parts = [optax.clip_by_global_norm(tcfg.grad_clip)] if tcfg.grad_clip > 0 else []
     if tcfg.weight_decay > 0:
         parts.append(optax.adamw(schedule, b1=tcfg.adam_b1, b2=tcfg.adam_b2, eps=tcfg.adam_eps,
                                  weight_decay=tcfg.weight_decay))
     else:
         parts.append(optax.adam(schedule, b1=tcfg.adam_b1, b2=tcfg.adam_b2, eps=tcfg.adam_eps))
+    if lr_scale is not None:
+        parts.append(optax.GradientTransformation(
+            lambda params: optax.EmptyState(),
+            lambda updates, state, params=None: (updates * lr_scale, state)))
     return optax.chain(*parts)
 
 

@@ -13,7 +13,8 @@ from tests.conftest import tiny_config
 def test_built_in_methods_and_unknown_names():
     assert set(BUILT_IN) <= set(list_methods())
     with pytest.raises(ValueError, match=r"quant.method='ternary' is invalid; valid choices: "
-                                         r"bbcu, bidm, binarydm, binarydm_baseline, dorefa, fp"):
+                                         r"bbcu, bidm, binarydm, binarydm_baseline, dorefa, "
+                                         r"efficientdm, fp"):
         get_method("ternary")
     with pytest.raises(ValueError, match="quant.method='ternary'"):
         resolve_config(tiny_config(**{"quant.method": "ternary"}))

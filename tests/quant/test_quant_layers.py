@@ -292,7 +292,8 @@ def test_config_validation_lists_choices():
             cfg = _cfg("bidm")
             cfg[field] = bad
             validate_quant_config(cfg)
-    with pytest.raises(ValueError, match="valid choices: bbcu, bidm, binarydm, binarydm_baseline, dorefa, fp"):
+    with pytest.raises(ValueError, match="valid choices: bbcu, bidm, binarydm, "
+                                         "binarydm_baseline, dorefa, efficientdm, fp"):
         validate_quant_config(_cfg("xnorr"))
     with pytest.raises(ValueError, match="reste_o_end"):
         validate_quant_config(_cfg("reste", reste_o_end=0.5))
