@@ -266,9 +266,10 @@ def _table(s: dict) -> str:
               f"{_fmt(m['unclaimed'])}"]
     b = s["bits"]
     if b["activation_layers"]:
-        lines.append(f"bits per weight: {b['per_weight_1bit']:.4f} (1-bit layers), "
-                     f"{b['per_weight_quantized']:.4f} (all quantized layers); quantized "
-                     f"layers by activation bits: {b['activation_layers']}")
+        one_bit = (f"{b['per_weight_1bit']:.4f} (1-bit layers), "
+                   if math.isfinite(b["per_weight_1bit"]) else "")
+        lines.append(f"bits per weight: {one_bit}{b['per_weight_quantized']:.4f} (all quantized "
+                     f"layers); quantized layers by activation bits: {b['activation_layers']}")
     for conv, title in (("stored", "stored (all it needs)"),
                         ("paper", "papers' convention")):
         c = s[conv]

@@ -126,8 +126,10 @@ def test_sharded_step_equals_single_device_step(method):
     for k in ("loss", "noise_loss", "distill_loss", "grad_norm", "ebb_reg"):
         if k in m1:
             np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5, err_msg=k)
-    # Adam's first step is ~lr·sign(g): allow float reduction-order noise only.
-    np.testing.assert_allclose(p8, p1, rtol=1e-5, atol=3e-5)
+    # Adam's first step is ~lr·sign(g): allow float reduction-order noise only (Q-DM: the
+    # sharded batch moments of TaQ sum in another order, which moves a 4-bit rounding of a
+    # few operands; the largest such difference is ~5e-5 of a 1e-3 step).
+    np.testing.assert_allclose(p8, p1, rtol=1e-5, atol=1e-4 if method == "qdm" else 3e-5)
     assert not np.allclose(p1, np.asarray(state0["params"]))  # the step did move the params
 
 
