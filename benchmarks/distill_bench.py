@@ -24,6 +24,8 @@ steps (compile excluded). Variants:
 * ``qdm``          Q-DM W4A4: LSQ 4-bit weights/activations, TaQ (batch_ema) on q/k, NeM
 * ``qdm_unroll``   Q-DM with NeM unrolled over 4 DDIM steps (``distill.nem_unroll=4``)
 * ``lsq_w4a4``     Q-DM's LSQ W4A4 baseline: the same layers without TaQ and NeM
+* ``efficientdm``  EfficientDM W4A4: QALoRA weights, per-step TALSQ activations, one step on
+  the teacher's DDIM trajectory (a new trajectory every 100 steps is not timed)
 """
 from __future__ import annotations
 
@@ -53,6 +55,9 @@ VARIANTS = {
     "qdm": ("qdm", False, "nem"),
     "qdm_unroll": ("qdm", False, "nem", {"distill.nem_unroll": 4}),
     "lsq_w4a4": ("qdm", False, "none", {"quant.taq": "off"}),
+    "efficientdm": ("efficientdm", False, "none", {"quant.bits_w": 4, "quant.bits_a": 4,
+                                                   "quant.first_last_bits": 8,
+                                                   "distill.data": "teacher_trajectory"}),
 }
 
 
