@@ -1,10 +1,12 @@
-"""Model families (``models.registry``): the DDIM pixel UNet today; more backbones register a
-:class:`Family` the same way (docs/architecture.md, "How to add a model family")."""
+"""Model families (``models.registry``): the DDIM pixel UNet and the LDM latent UNet; more
+backbones register a :class:`Family` the same way (docs/architecture.md, "How to add a model
+family"). The LDM first-stage autoencoders (FP only) are in ``models.autoencoder``."""
 from __future__ import annotations
 
 from flax import nnx
 
 from bidm_jax.models import ddim_family  # noqa: F401  (registers ddim_unet)
+from bidm_jax.models import ldm_family  # noqa: F401  (registers ldm_unet)
 from bidm_jax.models.ddim_unet import DDIMUNet
 from bidm_jax.models.functional import count as count_params
 from bidm_jax.models.layers import FPFactory

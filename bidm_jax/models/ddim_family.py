@@ -29,8 +29,8 @@ def input_shape(config) -> tuple[int, int, int]:
     return (m.resolution, m.resolution, m.in_channels)
 
 
-def validate(config) -> None:
-    m = config.model
+def validate_unet_fields(m) -> None:
+    """Checks the fields every UNet family shares (``m``: the ``model`` section)."""
     for f in ("ch", "num_res_blocks", "in_channels", "out_ch", "resolution"):
         if not m[f] > 0:
             raise ValueError(f"model.{f}={m[f]!r} must be > 0")
@@ -41,11 +41,16 @@ def validate(config) -> None:
     if m.resolution % 2 ** (len(m.ch_mult) - 1):
         raise ValueError(f"model.resolution={m.resolution} must be divisible by "
                          f"2**(len(ch_mult)-1)={2 ** (len(m.ch_mult) - 1)}")
+    if not m.resamp_with_conv:
+        raise ValueError("model.resamp_with_conv=False is not supported (the papers use True)")
+
+
+def validate(config) -> None:
+    m = config.model
+    validate_unet_fields(m)
     if m.resolution != config.data.image_size:
         raise ValueError(f"model.resolution={m.resolution} differs from "
                          f"data.image_size={config.data.image_size} (a pixel-space UNet)")
-    if not m.resamp_with_conv:
-        raise ValueError("model.resamp_with_conv=False is not supported (the papers use True)")
 
 
 def spd_features(model) -> list[str]:

@@ -64,7 +64,9 @@ class ResnetBlock(nnx.Module):
         self.dropout_rate = dropout_rate
         self.norm1 = group_norm(cin, rngs, dtype)
         self.conv1 = factory.conv(f"{path}.conv1", cin, cout, 3, padding=1, rngs=rngs)
-        self.temb_proj = factory.dense(f"{path}.temb_proj", temb_ch, cout, rngs=rngs)
+        # temb_ch 0: no time embedding (the LDM autoencoders' blocks, temb_channels=0)
+        self.temb_proj = (factory.dense(f"{path}.temb_proj", temb_ch, cout, rngs=rngs)
+                          if temb_ch > 0 else None)
         self.norm2 = group_norm(cout, rngs, dtype)
         self.conv2 = factory.conv(f"{path}.conv2", cout, cout, 3, padding=1, rngs=rngs)
         self.nin_shortcut = (factory.conv(f"{path}.nin_shortcut", cin, cout, 1, rngs=rngs)
@@ -74,7 +76,8 @@ class ResnetBlock(nnx.Module):
         """x (B, H, W, cin), temb (B, temb_ch) -> (B, H, W, cout). ``tap_conv2(h) -> h`` sees
         the conv2 output before the residual add (the point BiDM's CIFAR code hooks)."""
         h = self.conv1(swish(self.norm1(x)))
-        h = h + self.temb_proj(swish(temb))[:, None, None, :]
+        if self.temb_proj is not None:
+            h = h + self.temb_proj(swish(temb))[:, None, None, :]
         h = swish(self.norm2(h))
         h = self.conv2(dropout(h, self.dropout_rate, rng))
         if tap_conv2 is not None:
@@ -149,6 +152,29 @@ class Temb(nnx.Module):
 # A mixer lets the TBS student blend a feature with the previous step's cached one:
 # mixer(name, h, carry, t) -> (h_mixed, carry). ``None`` = plain FP behaviour.
 Mixer = Callable[[str, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+
+
+class ForwardHooks:
+    """A family forward's dropout keys and tap points: ``rng()`` gives a fresh key per call
+    (None without ``dropout_rng``); ``tap(name, h)`` lets ``mixer`` blend h (updating
+    ``carry``) and records the result in ``features``."""
+
+    def __init__(self, t, carry, dropout_rng, mixer: Mixer | None, features: dict | None):
+        self.t, self.carry, self.dropout_rng = t, carry, dropout_rng
+        self.mixer, self.features = mixer, features
+        self._keys = iter(range(1 << 30))
+
+    def rng(self):
+        if self.dropout_rng is None:
+            return None
+        return jax.random.fold_in(self.dropout_rng, next(self._keys))
+
+    def tap(self, name: str, h):
+        if self.mixer is not None:
+            h, self.carry = self.mixer(name, h, self.carry, self.t)
+        if self.features is not None:
+            self.features[name] = h
+        return h
 
 
 class DDIMUNet(nnx.Module):
@@ -234,18 +260,8 @@ class DDIMUNet(nnx.Module):
             return self._forward(x, t, carry, dropout_rng, mixer, features)
 
     def _forward(self, x, t, carry, dropout_rng, mixer, features):
-        keys = iter(range(10_000))
-
-        def rng():
-            return None if dropout_rng is None else jax.random.fold_in(dropout_rng, next(keys))
-
-        def tap(name, h):
-            nonlocal carry
-            if mixer is not None:
-                h, carry = mixer(name, h, carry, t)
-            if features is not None:
-                features[name] = h
-            return h
+        hooks = ForwardHooks(t, carry, dropout_rng, mixer, features)
+        rng, tap = hooks.rng, hooks.tap
 
         def conv2_tap(block_name):
             return lambda h: tap(f"{block_name}.conv2", h)
@@ -274,4 +290,4 @@ class DDIMUNet(nnx.Module):
             if level.upsample is not None:
                 h = tap(f"up.{i}.upsample", level.upsample(h))
         h = self.conv_out(swish(self.norm_out(h)))
-        return h, carry
+        return h, hooks.carry

@@ -67,15 +67,32 @@ class FPFactory:
         return None  # FP attention: no operand hook
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, ops=None) -> jax.Array:
-    """softmax(q·kᵀ/√C)·v for q, k, v (B, N, C) -> (B, N, C); the softmax in float32.
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, ops=None, *, heads: int = 1,
+              split_scale: bool = False) -> jax.Array:
+    """softmax(q·kᵀ/√ch)·v per head for q, k, v (B, N, C) -> (B, N, C); the softmax in float32.
 
-    ops(operand, x) (the factory's attention hook, may be None) sees q and k before their
-    product, the softmax weights (B, N, N) and v before theirs."""
+    ``heads``: head h owns channels [h·ch, (h+1)·ch) of q, k and v, ch = C / heads.
+    ``split_scale``: scale q and k each by ch^(-1/4) before their product instead of the
+    product by ch^(-1/2) (CompVis ``QKVAttentionLegacy``; the same value, other rounding).
+    ops(operand, x) (the factory's attention hook, may be None) sees q and k (B, N, C) before
+    their product (after the split scale), the softmax weights ((B, N, N) with one head,
+    (B, heads, N, N) with more) and v before theirs."""
+    b, n, c = q.shape
+    ch = c // heads
+    if split_scale:
+        q, k = q * ch ** -0.25, k * ch ** -0.25
     if ops is not None:
         q, k, v = ops("q", q), ops("k", k), ops("v", v)
-    w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    post_scale = 1.0 if split_scale else ch ** -0.5
+    if heads == 1:  # the DDIM UNet's single head, kept as its 3-D products
+        w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * post_scale
+        w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
+        if ops is not None:
+            w = ops("weights", w)
+        return jnp.einsum("bij,bjc->bic", w, v)
+    q, k, v = (a.reshape(b, n, heads, ch) for a in (q, k, v))
+    w = jnp.einsum("bihc,bjhc->bhij", q, k).astype(jnp.float32) * post_scale
     w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
     if ops is not None:
         w = ops("weights", w)
-    return jnp.einsum("bij,bjc->bic", w, v)
+    return jnp.einsum("bhij,bjhc->bihc", w, v).reshape(b, n, c)
