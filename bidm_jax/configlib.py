@@ -81,6 +81,8 @@ def validate_config(cfg) -> None:
     _positive(cfg, "ckpt", "max_to_keep")
     _positive(cfg, "ckpt", "keep_period", allow_zero=True)
     _choice(cfg, "mesh", "distributed", DISTRIBUTED)
+    for f in ("init_timeout_s", "heartbeat_timeout_s"):
+        _positive(cfg, "mesh", f)
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ValueError(f"mesh.data={cfg.mesh.data} must be -1 (all devices) or >= 1")
     _validate_export(cfg)

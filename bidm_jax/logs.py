@@ -79,13 +79,23 @@ class MetricWriter:
             self._jsonl.close()
 
 
+def _row_step(line: str) -> int | None:
+    """The step of a JSONL row; None for a row cut short (a run killed while writing it)."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
 def _truncate_jsonl(path: str, keep_until: int) -> None:
-    """Rewrites ``path`` (atomically) without the rows whose ``step`` is past ``keep_until``."""
+    """Rewrites ``path`` (atomically) without the rows whose ``step`` is past ``keep_until``
+    and without a torn last row."""
     if not os.path.exists(path):
         return
     with open(path) as f:
         lines = f.readlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= keep_until]
+    steps = [_row_step(ln) if ln.endswith("\n") else None for ln in lines]
+    kept = [ln for ln, s in zip(lines, steps) if s is not None and s <= keep_until]
     if len(kept) == len(lines):
         return
     tmp = path + ".tmp"

@@ -26,12 +26,29 @@ def _cluster_detected() -> bool:
     return "," in hosts or any(os.environ.get(k) for k in _CLUSTER_ENV[:1] + _CLUSTER_ENV[4:])
 
 
+_DISTRIBUTED = {"processes": 0}  # set once this process has joined a multi-process run
+
+
+def is_multiprocess() -> bool:
+    """Whether this process joined a multi-process run (without touching the backends)."""
+    return _DISTRIBUTED["processes"] > 1
+
+
+def process_count() -> int:
+    return max(1, _DISTRIBUTED["processes"])
+
+
 def maybe_initialize_distributed(mesh_cfg) -> bool:
     """Calls ``jax.distributed.initialize`` when the run is multi-process; must run before any
     other jax call touches a device. Returns True when it initialized.
 
     mesh.distributed: "yes" always, "no" never, "auto" when an explicit coordinator is set or a
     cluster environment (SLURM, Open MPI, multi-host TPU) is detected.
+
+    A run whose peers do not all connect within ``mesh.init_timeout_s`` stops (the runtime
+    aborts the process, naming the deadline); once running, a process that stops sending
+    heartbeats for ``mesh.heartbeat_timeout_s`` is declared dead and the others stop instead
+    of waiting in a collective forever (docs/reliability.md).
     """
     explicit = bool(mesh_cfg.coordinator_address) or mesh_cfg.num_processes > 1
     if mesh_cfg.distributed == "no" or (mesh_cfg.distributed == "auto"
@@ -50,7 +67,9 @@ def maybe_initialize_distributed(mesh_cfg) -> bool:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         except Exception:  # older/newer jax without the option: its default is used
             pass
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(**kwargs, initialization_timeout=int(mesh_cfg.init_timeout_s),
+                               heartbeat_timeout_seconds=int(mesh_cfg.heartbeat_timeout_s))
+    _DISTRIBUTED["processes"] = jax.process_count()
     return True
 
 

@@ -91,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
     h.coordinator_address = ""   # host:port for explicit multi-process runs
     h.num_processes = 0
     h.process_id = -1
+    # Multi-process runs stop instead of hanging: peers must connect within init_timeout_s,
+    # and a peer silent for heartbeat_timeout_s is declared dead (docs/reliability.md).
+    h.init_timeout_s = 300
+    h.heartbeat_timeout_s = 100
 
     c.quant = get_quant_config()  # binarization method and paper/code flags
     c.quant.method = "fp"         # experiment files pick bidm, xnor, ...

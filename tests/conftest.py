@@ -24,6 +24,15 @@ jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="bidm_jax
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def pytest_addoption(parser):
+    # The kill-and-resume test (tests/test_faults.py, docs/reliability.md): 3 random kill
+    # points in CI; a longer local run with e.g. `pytest tests/test_faults.py --kills 10`.
+    parser.addoption("--kills", type=int, default=3,
+                     help="SIGKILLs of the kill-and-resume fault test (default 3)")
+    parser.addoption("--kill-seed", type=int, default=None,
+                     help="seed of the kill points (default: random, printed on failure)")
+
+
 def tiny_config(**overrides):
     """configs/default.py shrunk to an 8x8 two-level UNet on the embedded digits."""
     from bidm_jax.configlib import sibling

@@ -9,8 +9,11 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 
 import numpy as np
+
+from bidm_jax import errors
 
 SOURCES = ("auto", "archive", "npz", "tfds")
 SPLITS = ("train", "test")
@@ -56,18 +59,38 @@ def _load_batch(f, source: str) -> dict:
     try:
         return _BatchUnpickler(f, source).load()
     except pickle.UnpicklingError as e:
-        raise ValueError(str(e)) from None
+        if "refusing to unpickle" in str(e):
+            raise ValueError(str(e)) from None
+        raise errors.CorruptFile(f"{source} is not a readable CIFAR-10 batch (truncated or "
+                                 f"corrupt): {errors.one_line(e)}") from None
+    except (EOFError, ValueError, TypeError, IndexError) as e:
+        raise errors.CorruptFile(f"{source} is not a readable CIFAR-10 batch (truncated or "
+                                 f"corrupt): {type(e).__name__}: {errors.one_line(e)}") from None
+
+
+def _check_counts(source: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Images and labels must pair up one to one (a short label array would fail much later,
+    deep in a training loop, as an IndexError)."""
+    if len(images) != len(labels):
+        raise errors.CorruptFile(f"{source} holds {len(images)} images but {len(labels)} "
+                                 "labels; they must pair up one to one")
 
 
 def _batches(split: str) -> list[str]:
     return [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
 
 
-def _stack_batches(dicts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+def _stack_batches(dicts: list[dict], source: str) -> tuple[np.ndarray, np.ndarray]:
     # Official batches store each image as 3072 bytes: 1024 R, then G, then B (CHW).
-    data = np.concatenate([d[b"data"] for d in dicts]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([np.asarray(d[b"labels"]) for d in dicts])
-    return np.ascontiguousarray(data.transpose(0, 2, 3, 1)), labels.astype(np.int32)
+    try:
+        data = np.concatenate([d[b"data"] for d in dicts]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([np.asarray(d[b"labels"]) for d in dicts])
+    except (KeyError, ValueError, TypeError) as e:
+        raise errors.CorruptFile(f"{source} does not hold CIFAR-10 python batches "
+                                 f"({type(e).__name__}: {errors.one_line(e)})") from None
+    images = np.ascontiguousarray(data.transpose(0, 2, 3, 1))
+    _check_counts(source, images, labels)
+    return images, labels.astype(np.int32)
 
 
 def _read_archive(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -80,32 +103,59 @@ def _read_archive(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         for n in names:
             with open(os.path.join(folder, n), "rb") as f:
                 dicts.append(_load_batch(f, os.path.join(folder, n)))
-        return _stack_batches(dicts)
-    with tarfile.open(path, "r:gz") as tar:
-        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-        missing = [n for n in names if n not in members]
-        if missing:
-            raise ValueError(f"{path} is not the CIFAR-10 python archive: missing {missing}")
-        dicts = [_load_batch(tar.extractfile(members[n]), f"{path}:{members[n].name}")
-                 for n in names]
-    return _stack_batches(dicts)
+        return _stack_batches(dicts, folder)
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+            missing = [n for n in names if n not in members]
+            if missing:
+                raise ValueError(f"{path} is not the CIFAR-10 python archive: missing {missing}")
+            dicts = [_load_batch(tar.extractfile(members[n]), f"{path}:{members[n].name}")
+                     for n in names]
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise errors.CorruptFile(f"{path} is not a readable .tar.gz archive (truncated or "
+                                 f"corrupt): {type(e).__name__}: {errors.one_line(e)}") from None
+    return _stack_batches(dicts, path)
+
+
+def _npz_arrays(path: str, split: str) -> dict:
+    """The arrays of ``split`` in the npz at ``path``: decoded (``{split}_images``) or JPEG
+    (``{split}_jpeg``, ``{split}_offsets``); CorruptFile when the file does not read."""
+    decoded = [f"{split}_images", f"{split}_labels"]
+    jpeg = [f"{split}_jpeg", f"{split}_offsets", f"{split}_labels"]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = list(z.files)
+            need = decoded if decoded[0] in files else jpeg
+            if all(k in files for k in need):
+                return {k: z[k] for k in need}
+    except Exception as e:  # zipfile, zlib, numpy format errors: one unreadable file
+        raise errors.CorruptFile(f"{path} is not a readable npz (truncated or corrupt): "
+                                 f"{type(e).__name__}: {errors.one_line(e)}") from None
+    missing = [k for k in need if k not in files]
+    raise ValueError(f"{path} lacks keys {missing}; found {sorted(files)}")
 
 
 def _read_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
-    with np.load(path) as z:
-        if f"{split}_images" in z.files:  # already decoded (write_decoded_npz)
-            return np.asarray(z[f"{split}_images"], np.uint8), z[f"{split}_labels"].astype(np.int32)
-        need = [f"{split}_jpeg", f"{split}_offsets", f"{split}_labels"]
-        missing = [k for k in need if k not in z.files]
-        if missing:
-            raise ValueError(f"{path} lacks keys {missing}; found {sorted(z.files)}")
-        buf, off, labels = (z[k] for k in need)
+    arrays = _npz_arrays(path, split)
+    labels = arrays[f"{split}_labels"]
+    if f"{split}_images" in arrays:  # already decoded (write_decoded_npz)
+        images = np.asarray(arrays[f"{split}_images"], np.uint8)
+        _check_counts(f"{path} ({split})", images, labels)
+        return images, labels.astype(np.int32)
+    buf, off = arrays[f"{split}_jpeg"], arrays[f"{split}_offsets"]
     images = np.empty((len(off) - 1, 32, 32, 3), np.uint8)
+    _check_counts(f"{path} ({split})", images, labels)
     for i in range(len(off) - 1):
-        img = Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes())).convert("RGB")
-        images[i] = np.asarray(img)
+        try:
+            img = Image.open(io.BytesIO(buf[off[i]:off[i + 1]].tobytes())).convert("RGB")
+            images[i] = np.asarray(img)
+        except Exception as e:  # PIL raises many types for a bad or truncated image
+            raise errors.CorruptFile(
+                f"{path}: image {i} of {split}_jpeg (bytes {off[i]}..{off[i + 1]}) is not a "
+                f"readable 32x32 JPEG: {type(e).__name__}: {errors.one_line(e, 200)}") from None
     return images, labels.astype(np.int32)
 
 

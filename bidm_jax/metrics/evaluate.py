@@ -61,10 +61,17 @@ def load_samples(path: str, num_samples: int = 0) -> np.ndarray:
     (0 = all). Raises ValueError when the file has fewer samples than requested."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no samples at {path}; sample first or set eval.samples_path")
-    with np.load(path) as z:
-        if "arr_0" not in z.files:
-            raise ValueError(f"{path} has no arr_0 (found {z.files})")
-        x = z["arr_0"]
+    try:
+        with np.load(path) as z:
+            files = list(z.files)
+            x = z["arr_0"] if "arr_0" in files else None
+    except Exception as e:  # zipfile, zlib, numpy format errors: one unreadable file
+        from bidm_jax.errors import CorruptFile, one_line
+
+        raise CorruptFile(f"{path} is not a readable npz (truncated or corrupt): "
+                          f"{type(e).__name__}: {one_line(e)}") from None
+    if x is None:
+        raise ValueError(f"{path} has no arr_0 (found {files})")
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {x.dtype} {x.shape}")
     if num_samples:

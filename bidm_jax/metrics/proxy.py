@@ -142,6 +142,9 @@ def train_proxy(images: np.ndarray, labels: np.ndarray, cfg, seed: int = 0,
     weight decay on kernels, cross-entropy; data parallel over ``mesh`` (axis ``data``).
     Returns the model (eval-ready) and {"steps", "train_seconds", "final_loss"}.
     """
+    if len(images) != len(labels):  # else an IndexError deep in the loop
+        raise ValueError(f"train_proxy: {len(images)} images but {len(labels)} labels; they "
+                         "must pair up one to one")
     mesh = mesh or data_mesh()
     ndev = mesh.devices.size
     bs = -(-cfg.proxy_batch_size // ndev) * ndev

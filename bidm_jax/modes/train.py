@@ -6,8 +6,9 @@
 
 Both train with the shared sharded loop (data parallel over the mesh, multi-host, EMA,
 checkpoints and resume under ``{workdir}``) and sample at the end: ``samples/samples_train``
-or ``samples/samples_distill`` (.npz and grid .png) and ``final.json``; distillation also
-writes the resolved settings to ``distill.json``.
+or ``samples/samples_distill`` (.npz and grid .png) and ``final.json``; the resolved config
+to ``config.json`` (later modes on the workdir use it: :mod:`bidm_jax.saved_config`);
+distillation also writes the resolved settings to ``distill.json``.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def run_train(config, workdir: str) -> dict:
     trainable = build.teacher_trainable(config)
     logging.info("model: %d parameters, %d devices, %d processes", count(trainable.params),
                  jax.device_count(), jax.process_count())
-    return fit(config, workdir, trainable, source)
+    return fit(config, workdir, trainable, source, mode="train")
 
 
 def run_distill(config, workdir: str) -> dict:
@@ -38,4 +39,4 @@ def run_distill(config, workdir: str) -> dict:
     mesh = parallel.make_data_mesh(config.mesh.data)
     teacher_params = parallel.place(teacher_params, parallel.replicated(mesh))
     trainable, _ = build.distill_trainable(config, teacher_fm, teacher_params)
-    return fit(config, workdir, trainable, source)
+    return fit(config, workdir, trainable, source, mode="distill")

@@ -5,37 +5,151 @@ where params/ema are flat dicts keyed by dotted parameter names (``models.functi
 aux the model's auxiliary state, keyed the same way (present when the model has any). Training
 checkpoints hold everything needed to resume; converted or exported models hold params/ema
 only. Restores check every tensor's shape first and name the offending ones.
+
+Failures are one clear error each (:mod:`bidm_jax.errors`): a save waits for its write, so a
+failed write (a full disk) is reported at once as :class:`~bidm_jax.errors.WriteFailed`
+naming the checkpoint, its partial directory is removed and the previous checkpoints are kept
+(orbax writes ``{step}.orbax-checkpoint-tmp`` and renames it when complete, so a killed or
+failed write never replaces a good checkpoint); a checkpoint that cannot be read (truncated,
+corrupt) is a :class:`~bidm_jax.errors.CorruptFile` naming its path and the reason.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import shutil
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bidm_jax import errors
 from bidm_jax.models.functional import check_shapes
+
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step directory being written
 
 
 def manager(directory: str, *, max_to_keep: int = 2, keep_period: int = 0,
-            create: bool = True) -> ocp.CheckpointManager:
-    """Keeps the ``max_to_keep`` latest steps plus every multiple of ``keep_period``."""
+            create: bool = True, cleanup: bool = False) -> ocp.CheckpointManager:
+    """Keeps the ``max_to_keep`` latest steps plus every multiple of ``keep_period``.
+    ``cleanup``: remove partial step directories a killed run left (only the run that
+    writes the directory, holding its workdir's lock, may: a reader could otherwise delete a
+    concurrent writer's checkpoint in progress)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           keep_period=keep_period or None, create=create)
+                                           keep_period=keep_period or None, create=create,
+                                           cleanup_tmp_directories=cleanup)
     # Naming the handler lets metadata (shapes) be read before any restore.
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_handlers=ocp.StandardCheckpointHandler())
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: dict, *, wait: bool = False) -> None:
-    mngr.save(step, args=ocp.args.StandardSave(state))
-    if wait:
-        mngr.wait_until_finished()
+def _finished_steps(directory: str) -> list[int]:
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) \
+        if os.path.isdir(directory) else []
+
+
+def _remove_partial(directory: str, step: int, settle_s: float = 1.0) -> None:
+    """Removes the partial directory of a failed save of ``step`` (on a full disk, its space
+    is what the user needs back). Writes of that save still in flight when the failure was
+    raised can recreate files for a moment, so it is removed until it stays gone."""
+    pattern = os.path.join(directory, f"{step}{TMP_SUFFIX}*")
+    deadline, quiet = time.time() + settle_s, 0
+    while time.time() < deadline and quiet < 3:
+        found = glob.glob(pattern)
+        for partial in found:
+            shutil.rmtree(partial, ignore_errors=True)
+        quiet = 0 if found else quiet + 1
+        time.sleep(0.05)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: dict, *, wait: bool = True) -> None:
+    """Writes checkpoint ``step`` and (``wait``, the default) waits until it is complete, so
+    that a failed write is reported here rather than at the next save. Raises
+    :class:`~bidm_jax.errors.WriteFailed` naming the checkpoint and the reason; the partial
+    directory is removed and the previous checkpoints are kept."""
+    directory = str(mngr.directory)
+    _quiet_orphaned_io()
+    try:
+        mngr.save(step, args=ocp.args.StandardSave(state))
+        if wait:
+            mngr.wait_until_finished()
+    except Exception as e:  # orbax/tensorstore raise many types; each is one failed write
+        _quiet_asyncio()
+        if jax.process_index() == 0:
+            _remove_partial(directory, step)
+        kept = [s for s in _finished_steps(directory) if s != step]
+        keep = (f"the previous checkpoint (step {kept[-1]}) is kept" if kept
+                else "no earlier checkpoint exists")
+        raise errors.WriteFailed(f"could not write checkpoint {directory}/{step}: "
+                                 f"{errors.io_reason(e)}; {keep}") from e
+
+
+_QUIET = {"installed": False}
+
+
+def _quiet_orphaned_io() -> None:
+    """When one read or write of a checkpoint fails, orbax's other reads/writes of it still
+    finish on background threads and report into an event loop that is already closed
+    ("Event loop is closed" tracebacks, "Task exception was never retrieved"): hundreds of
+    lines around the one error that matters, which the caller reports. Those, and only
+    those, are silenced; installed before the first read or write because they start before
+    the failure reaches us."""
+    import sys
+    import threading
+
+    if _QUIET["installed"]:
+        return
+    _QUIET["installed"] = True
+
+    def closed_loop(value) -> bool:
+        return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+    # tensorstore reports a failed callback as "unraisable"; threads and C++ callers may use
+    # the other two hooks.
+    unraisable, excepthook, thread_hook = sys.unraisablehook, sys.excepthook, threading.excepthook
+    sys.unraisablehook = lambda args: (None if closed_loop(args.exc_value)
+                                       else unraisable(args))
+    sys.excepthook = lambda kind, value, tb: (None if closed_loop(value)
+                                              else excepthook(kind, value, tb))
+    threading.excepthook = lambda args: (None if closed_loop(args.exc_value)
+                                         else thread_hook(args))
+
+
+def _quiet_asyncio() -> None:
+    """After a failed read or write, the operations left behind fail as unretrieved asyncio
+    tasks: noise from here on (the project runs no asyncio code of its own)."""
+    import logging as py_logging
+
+    py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _reading(directory, step):
+    """Turns a failed read of checkpoint ``step`` (orbax, tensorstore, JSON and OS errors:
+    a truncated or corrupt file) into one CorruptFile naming it; bad input found by this
+    module's own checks passes through."""
+    _quiet_orphaned_io()
+    try:
+        yield
+    except errors.ReportedError:
+        raise
+    except Exception as e:
+        _quiet_asyncio()
+        path = f"{directory}/{step}"
+        others = [s for s in _finished_steps(str(directory)) if s != step]
+        hint = (f"; delete {path} to use step {others[-1]} instead" if others else "")
+        raise errors.CorruptFile(f"checkpoint {path} is unreadable (truncated or corrupt): "
+                                 f"{errors.root_message(e)}{hint}") from e
 
 
 def _metadata_tree(mngr: ocp.CheckpointManager, step: int):
-    meta = mngr.item_metadata(step)
+    with _reading(mngr.directory, step):
+        meta = mngr.item_metadata(step)
+        if meta is None:
+            raise ValueError("it has no item metadata")
     tree = getattr(meta, "tree", meta)
     return tree
 
@@ -62,7 +176,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: dict) -> dict:
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
         else jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)),
         target)
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    with _reading(mngr.directory, step):
+        return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
 def has_entry(mngr: ocp.CheckpointManager, step: int, key: str) -> bool:
@@ -88,7 +203,8 @@ def load_params(directory: str, *, use_ema: bool = True, step: int | None = None
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = _abstract_from_metadata(dict(tree), sharding)
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    with _reading(mngr.directory, step):
+        restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     mngr.close()
     if with_aux:
         return restored[key], dict(restored.get("aux", {}))

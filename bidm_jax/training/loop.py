@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from bidm_jax import logs, parallel
+from bidm_jax import logs, parallel, saved_config
 from bidm_jax.errors import TrainingDiverged
 from bidm_jax.data.pipeline import BatchSource, load_images
 from bidm_jax.diffusion.sampling import generate, make_sampler, write_samples
@@ -78,9 +78,11 @@ class Loop:
         if fm.aux:
             state["aux"] = dict(fm.aux)
         self.state = parallel.place(state, self.repl)
+        # This run holds the workdir's lock: partial step directories a killed run left are
+        # its own to remove.
         self.mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=config.ckpt.max_to_keep,
-                                       keep_period=config.ckpt.keep_period)
+                                       keep_period=config.ckpt.keep_period, cleanup=True)
         self.resumed = self._restore()
         self.step_fn = jax.jit(
             lambda s, b: optim.guarded_update(s, trainable.loss_fn, b, self.opt, tcfg.ema_decay,
@@ -124,7 +126,9 @@ class Loop:
         """Parameters and auxiliary state in one flat dict: what sampling reads."""
         return {**self.params(ema), **self.state.get("aux", {})}
 
-    def save(self, wait: bool = False) -> None:
+    def save(self, wait: bool = True) -> None:
+        """Checkpoints the state and waits for the write (a failed save stops the run here,
+        naming the checkpoint; the previous ones are kept)."""
         checkpoint.save(self.mngr, self.step, self._named(self.state), wait=wait)
 
     def calibrate(self, source: BatchSource) -> None:
@@ -221,22 +225,42 @@ class Loop:
             write_samples(os.path.join(self.workdir, "samples"), images,
                           self.config.sample.grid_size, tag=tag)
             self.writer.image(self.step, f"samples{tag}", logs.image_grid(images))
-        finally:
-            self.close()
+        except BaseException:
+            self.close(quiet=True)  # the error being raised is the one to report
+            raise
+        self.close()
         return final
 
-    def close(self) -> None:
-        self.mngr.wait_until_finished()
-        self.mngr.close()
-        self.writer.close()
+    def close(self, quiet: bool = False) -> None:
+        """Waits for pending checkpoint writes and closes the files. ``quiet``: on the way
+        out of an error, a pending write's own failure (already reported) is not raised
+        again."""
+        try:
+            self.mngr.wait_until_finished()
+            self.mngr.close()
+        except Exception:
+            if not quiet:
+                raise
+        finally:
+            self.writer.close()
 
 
-def fit(config, workdir: str, trainable, source: BatchSource) -> dict:
-    """Writes the trainable's description (``{workdir}/{info_file}``), trains, samples;
-    returns the last logged metrics."""
-    if trainable.info_file:
-        logging.info("%s: %s", trainable.info_file, json.dumps(trainable.info))
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, trainable.info_file), "w") as f:
-                json.dump(trainable.info, f, indent=1)
-    return Loop(config, workdir, trainable).train_and_sample(source)
+def fit(config, workdir: str, trainable, source: BatchSource, mode: str | None = None) -> dict:
+    """Resumes or starts the loop, then writes the trainable's description
+    (``{workdir}/{info_file}``) and, with ``mode`` (the mode that trains), the resolved config
+    the workdir remembers (``{workdir}/config.json``, :mod:`bidm_jax.saved_config`); trains,
+    samples; returns the last logged metrics. Nothing is written before the checkpoint is
+    restored, so a run that fails to resume leaves the workdir as it was."""
+    loop = Loop(config, workdir, trainable)
+    try:
+        if mode is not None:
+            saved_config.save(workdir, config, mode)
+        if trainable.info_file:
+            logging.info("%s: %s", trainable.info_file, json.dumps(trainable.info))
+            if jax.process_index() == 0:
+                with open(os.path.join(workdir, trainable.info_file), "w") as f:
+                    json.dump(trainable.info, f, indent=1)
+    except BaseException:
+        loop.close(quiet=True)
+        raise
+    return loop.train_and_sample(source)
