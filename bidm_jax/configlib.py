@@ -18,6 +18,7 @@ from bidm_jax.diffusion.losses import REDUCTIONS
 from bidm_jax.diffusion.samplers import CONVENTIONS, SAMPLERS, VAR_TYPES
 from bidm_jax.diffusion.schedules import SCHEDULES
 from bidm_jax.models import DTYPES, get_family, list_families
+from bidm_jax.training.optim import LR_DECAYS
 
 MATMUL_PRECISIONS = ("default", "tensorfloat32", "float32", "bfloat16", "highest")
 DISTRIBUTED = ("auto", "yes", "no")
@@ -75,6 +76,7 @@ def validate_config(cfg) -> None:
         _positive(cfg, "train", f, allow_zero=True)
     _unit_interval(cfg, "train", "ema_decay")
     _choice(cfg, "train", "matmul_precision", MATMUL_PRECISIONS)
+    _choice(cfg, "train", "lr_decay", LR_DECAYS)
     for f in ("num_samples", "batch_size", "grid_size"):
         _positive(cfg, "sample", f)
     _positive(cfg, "ckpt", "save_every")

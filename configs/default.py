@@ -36,6 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
     m.out_ch = 3
     m.resolution = 32
     m.resamp_with_conv = True
+    # ldm_unet only (docs/ldm.md; the DDIM family ignores them): heads = C / num_head_channels
+    # when that is > 0, else num_heads; LDM-8's scale-shift norm and ResBlock up/down.
+    m.num_heads = 1
+    m.num_head_channels = -1
+    m.use_scale_shift_norm = False
+    m.resblock_updown = False
     m.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32)
 
     c.diffusion = f = ml_collections.ConfigDict()
@@ -57,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.num_steps = 800_000
     t.lr = 2e-4
     t.warmup_steps = 5000
+    t.lr_decay = "none"          # none | linear (to 0 at num_steps, after the warm-up factor)
     t.grad_clip = 1.0
     t.adam_b1 = 0.9
     t.adam_b2 = 0.999

@@ -16,6 +16,7 @@ import jax
 from absl import logging
 
 from bidm_jax import build, parallel
+from bidm_jax.distill import trajectory
 from bidm_jax.models.functional import count
 from bidm_jax.training.loop import batch_source, fit
 
@@ -33,7 +34,10 @@ def run_distill(config, workdir: str) -> dict:
     """Distils the student of ``quant.method`` from ``distill.teacher``; returns the last
     logged metrics (loss, noise_loss, distill_loss, ...)."""
     teacher_fm, teacher_params = build.load_teacher(config)  # fail early, before data
-    source = batch_source(config)
+    if config.distill.data == trajectory.DATA:  # data-free: no dataset is opened
+        source = trajectory.data_free_source(config, build.input_shape(config))
+    else:
+        source = batch_source(config)
     # Replicated on the mesh, the frozen teacher enters the jitted step as an argument-like
     # constant (not inlined into the program).
     mesh = parallel.make_data_mesh(config.mesh.data)
