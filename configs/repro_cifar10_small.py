@@ -1,7 +1,8 @@
 """Reduced-scale reproduction of BiDM's CIFAR-10 comparison (BiDM Tables 1 and 3), of
 BinaryDM's W1A4 rows (BinaryDM Table 1) and of Q-DM's W4A4 claim: one FP teacher trained
-here, nine W1A1 and five low-bit students (BinaryDM W1A4, its Baseline W1A4, LSQ W2A4,
-Q-DM W4A4 and its LSQ W4A4 baseline) distilled from it under one identical budget.
+here, nine W1A1 and six low-bit students (BinaryDM W1A4, its Baseline W1A4, LSQ W2A4,
+Q-DM W4A4, its LSQ W4A4 baseline, EfficientDM W4A4) distilled from it under one identical
+budget.
 
 The whole experiment is driven by ``launch/repro_cifar10_small.sh``; each of its stages is a
 plain CLI call with this file, e.g.
@@ -42,6 +43,9 @@ STUDENTS = {
     # same W4A4 layers without either.
     "qdm_w4a4": ("qdm", None, "auto"),
     "lsq_w4a4": ("qdm", None, "none", {"taq": "off"}),
+    # EfficientDM W4A4 (BinaryDM's W4A4 baseline): data-free, on the teacher's trajectories;
+    # the common lr is its TALSQ group's, its LoRA and weight-step groups keep their own.
+    "efficientdm_w4a4": ("efficientdm", None, "auto"),
 }
 
 # Diagnostic variants, run only when named in the driver's --models: they isolate one

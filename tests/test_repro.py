@@ -13,7 +13,8 @@ from bidm_jax.repro import jobs, report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "repro_cifar10_small.sh")
 STUDENTS = ["bidm", "xnor", "reactnet", "xnor++", "reste", "dorefa", "bbcu", "xnor_tbs",
-            "xnor_spd", "binarydm", "binarydm_baseline", "lsq_w2a4", "qdm_w4a4", "lsq_w4a4"]
+            "xnor_spd", "binarydm", "binarydm_baseline", "lsq_w2a4", "qdm_w4a4", "lsq_w4a4",
+            "efficientdm_w4a4"]
 
 
 def _env():
@@ -53,7 +54,7 @@ def test_tiny_run_writes_every_model(tiny_run):
         assert e["train_seconds"] > 0 and e["job_seconds"] > 0
         if name != "teacher":
             want = {"binarydm": "W1A4", "binarydm_baseline": "W1A4", "lsq_w2a4": "W2A4",
-                    "qdm_w4a4": "W4A4", "lsq_w4a4": "W4A4"}
+                    "qdm_w4a4": "W4A4", "lsq_w4a4": "W4A4", "efficientdm_w4a4": "W4A4"}
             assert e["bits"] == want.get(name, "W1A1") and np.isfinite(e["psnr_vs_teacher_db"])
             # One identical budget for every student.
             assert e["budget"] == models["bidm"]["budget"]

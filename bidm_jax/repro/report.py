@@ -30,6 +30,7 @@ LABELS = {"teacher": "FP teacher", "bidm": "BiDM (TBS + SPD)", "xnor": "XNOR",
           "bbcu": "BBCU", "xnor_tbs": "XNOR + TBS", "xnor_spd": "XNOR + SPD",
           "binarydm": "BinaryDM (EBB + LRM)", "binarydm_baseline": "BinaryDM Baseline",
           "lsq_w2a4": "LSQ", "qdm_w4a4": "Q-DM (TaQ + NeM)", "lsq_w4a4": "LSQ (Q-DM's baseline)",
+          "efficientdm_w4a4": "EfficientDM (data-free)",
           # diagnostics (DIAGNOSTICS of the config)
           "xnor_nok": "XNOR without K", "xnor_unitsc": "XNOR + unit shortcut",
           "xnor_rprelu": "XNOR + RPReLU", "xnor_bias": "XNOR keeping the bias",
