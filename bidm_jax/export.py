@@ -34,6 +34,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from bidm_jax.errors import CorruptFile
+from bidm_jax.npzio import load_npz
 from bidm_jax import build
 from bidm_jax.kernels.packing import pack_signs_host, regroup_words_host
 from bidm_jax.models.functional import Functional, check_shapes, count, path_name
@@ -148,12 +150,15 @@ def read_packed(path: str) -> tuple[dict, dict, dict]:
     given the plane axis of ``/2``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no packed export at {path!r}; write one with --mode export")
-    with np.load(path, allow_pickle=False) as z:
-        if META_KEY not in z.files or CONFIG_KEY not in z.files:
-            raise ValueError(f"{path!r} is not a bidm_jax packed export (no {META_KEY} entry)")
+    z = load_npz(path, "packed export")
+    if META_KEY not in z or CONFIG_KEY not in z:
+        raise ValueError(f"{path!r} is not a bidm_jax packed export (no {META_KEY} entry)")
+    try:
         meta = json.loads(z[META_KEY].tobytes().decode())
         config = json.loads(z[CONFIG_KEY].tobytes().decode())
-        params = {n: z[n] for n in z.files if not n.startswith("__")}
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFile(f"{path} has a corrupt {META_KEY}/{CONFIG_KEY} entry: {e}") from None
+    params = {n: v for n, v in z.items() if not n.startswith("__")}
     if meta.get("format") not in READS:
         raise ValueError(f"{path!r} has format {meta.get('format')!r}; this code reads "
                          f"{', '.join(READS)}")

@@ -253,3 +253,23 @@ def test_diverging_run_through_the_command_line(tmp_path, capsys):
     assert int(line.split("(to step ")[1].split(")")[0]) <= 20
     assert not (work / "samples").exists() and not (work / "final.json").exists()
     assert finished_steps(work) == []
+
+
+@pytest.mark.parametrize("reader", ["packed", "reference", "proxy", "samples"])
+def test_truncated_project_npz_files_name_the_file(tmp_path, reader):
+    """Every npz the project reads back (packed export, reference statistics, proxy feature
+    network, samples) turns a truncated file into one CorruptFile naming it."""
+    from bidm_jax import export
+    from bidm_jax.errors import CorruptFile
+    from bidm_jax.metrics import evaluate, proxy, reference
+
+    path = str(tmp_path / f"{reader}.npz")
+    np.savez(path, arr_0=np.zeros((4, 8, 8, 3), np.uint8), mu=np.ones(64))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    read = {"packed": export.read_packed,
+            "reference": lambda p: reference.load_reference(p, None),
+            "proxy": proxy.load_proxy, "samples": evaluate.load_samples}[reader]
+    with pytest.raises(CorruptFile, match=f"{path} is not a readable .* npz "
+                                          r"\(truncated or corrupt\): BadZipFile"):
+        read(path)

@@ -18,6 +18,7 @@ import time
 import numpy as np
 from absl import logging
 
+from bidm_jax.npzio import load_npz
 from bidm_jax.metrics.config import validate_eval_config
 from bidm_jax.metrics.features import extract_features
 from bidm_jax.metrics.fid import compute_statistics, frechet_distance
@@ -61,15 +62,9 @@ def load_samples(path: str, num_samples: int = 0) -> np.ndarray:
     (0 = all). Raises ValueError when the file has fewer samples than requested."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no samples at {path}; sample first or set eval.samples_path")
-    try:
-        with np.load(path) as z:
-            files = list(z.files)
-            x = z["arr_0"] if "arr_0" in files else None
-    except Exception as e:  # zipfile, zlib, numpy format errors: one unreadable file
-        from bidm_jax.errors import CorruptFile, one_line
-
-        raise CorruptFile(f"{path} is not a readable npz (truncated or corrupt): "
-                          f"{type(e).__name__}: {one_line(e)}") from None
+    z = load_npz(path, "samples")
+    files = list(z)
+    x = z.get("arr_0")
     if x is None:
         raise ValueError(f"{path} has no arr_0 (found {files})")
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:

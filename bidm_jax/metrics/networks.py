@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 
 import jax
-import numpy as np
 from flax import nnx
 
+from bidm_jax.npzio import load_npz
 from bidm_jax.metrics import inception, proxy, weights
 from bidm_jax.metrics.features import FeatureNetwork, state_fingerprint, to_precision
 
@@ -19,8 +19,7 @@ def build_inception(preprocess: str = "adm", precision: str = "highest",
     measurements and shape tests only; the label then says so)."""
     label = INCEPTION_LABEL
     if npz_path is not None:
-        with np.load(npz_path) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = load_npz(npz_path, "FID Inception weights")
     else:
         arrays = weights.random_flat_weights(seed)
         label = "FID InceptionV3 architecture with RANDOM weights (not a metric)"

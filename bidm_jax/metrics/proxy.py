@@ -25,6 +25,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from bidm_jax.npzio import load_npz
 from bidm_jax.metrics.features import data_mesh
 
 NUM_CLASSES = 10
@@ -218,11 +219,10 @@ def load_proxy(path: str) -> tuple[ProxyNet, dict]:
     """Inverse of ``save_proxy``: (model in eval mode, meta dict)."""
     from bidm_jax.metrics.weights import load_flat_npz
 
-    with np.load(path) as z:
-        if "__meta__" not in z.files:
-            raise ValueError(f"{path} is not a proxy feature network file (no __meta__)")
-        meta = json.loads(str(z["__meta__"]))
-        arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    arrays = load_npz(path, "proxy feature network")
+    if "__meta__" not in arrays:
+        raise ValueError(f"{path} is not a proxy feature network file (no __meta__)")
+    meta = json.loads(str(arrays.pop("__meta__")))
     model = nnx.eval_shape(lambda: ProxyNet(meta["width"], meta["embed_dim"],
                                             meta["spatial_channels"], rngs=nnx.Rngs(0)))
     load_flat_npz(model, arrays)

@@ -18,6 +18,7 @@ import os
 import numpy as np
 from absl import logging
 
+from bidm_jax.npzio import load_npz
 from bidm_jax.metrics.features import FeatureNetwork, extract_features
 from bidm_jax.metrics.fid import compute_statistics
 
@@ -58,8 +59,7 @@ def load_reference(path: str, net: FeatureNetwork) -> dict:
     Raises ValueError on a different network kind, weights fingerprint or preprocessing,
     since statistics from another feature space make every distance meaningless.
     """
-    with np.load(path) as z:
-        ref = {k: z[k] for k in z.files}
+    ref = load_npz(path, "reference statistics")
     need = ("mu", "sigma", "mu_s", "sigma_s", "pr_features")
     missing = [k for k in need if k not in ref]
     if missing:
