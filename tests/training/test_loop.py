@@ -98,39 +98,6 @@ def losses_of(workdir):
     return {r["step"]: r["loss"] for r in rows}
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(setup, tmp_path):
-    cfg, fm, source = setup
-    cfg.train.num_steps = 4
-    t = trainable(cfg, fm)
-
-    full = Loop(cfg, str(tmp_path / "a"), t)
-    full.run(source)
-    full.close()
-
-    class Dying(BatchSource):  # the process dies while fetching step 3's batch
-        def local_batch(self, step):
-            if step == 3:
-                raise Interrupt()
-            return super().local_batch(step)
-
-    dying = Dying(source.images, cfg.train.batch_size, 0, True)
-    first = Loop(cfg, str(tmp_path / "b"), t)
-    with pytest.raises(Interrupt):
-        first.run(dying)
-    first.close()
-    assert first.mngr.latest_step() == 2  # save_every = 2; step 3 never saved
-    resumed = Loop(cfg, str(tmp_path / "b"), t)
-    assert resumed.step == 2
-    resumed.run(source)
-    resumed.close()
-    a, b = losses_of(tmp_path / "a"), losses_of(tmp_path / "b")
-    assert a[4] > 0
-    for step in (3, 4):
-        np.testing.assert_allclose(b[step], a[step], rtol=1e-6)
-    for k in fm.params:
-        np.testing.assert_allclose(resumed.params()[k], full.params()[k], rtol=1e-6)
-
-
 def test_checkpoint_without_the_streak_still_resumes(setup, tmp_path):
     """Checkpoints written before ``nonfinite_streak`` existed restore with the streak at 0."""
     cfg, fm, _ = setup
