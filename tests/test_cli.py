@@ -1,6 +1,6 @@
 """The command line end to end: train → checkpoint → sample (identical to the end-of-training
-samples; another seed differs), the ADM
-``.npz`` format, PNG grid, TensorBoard/JSONL logs, and clean errors for bad input."""
+samples; another seed differs), the ADM ``.npz`` format, PNG grid, TensorBoard/JSONL logs,
+and clean errors for bad input."""
 import json
 import os
 import subprocess
