@@ -134,6 +134,8 @@ def resolve_config(config, mode: str | None = None):
             out.quant.binary_layers = binary_layers
         if not out.quant.edge_layers:
             out.quant.edge_layers = tuple(family.edge_layers)
+        if not out.quant.conv1d_layers:
+            out.quant.conv1d_layers = tuple(family.conv1d_layers)
         if (mode or out.mode) == "distill":
             apply_distill_training(out)
         method.resolve_quant(out)

@@ -88,11 +88,18 @@ class Method:
                 f"layer {path!r} matches neither quant.fp_layers {tuple(qcfg.fp_layers)} nor "
                 f"quant.binary_layers {tuple(qcfg.binary_layers)}; add a pattern to one of them")
         pick = lambda flag, default: default if qcfg[flag] == "auto" else qcfg[flag]
+        input_scale, shortcut = pick("input_scale", self.input_scale), pick("shortcut",
+                                                                           self.shortcut)
+        if qcfg.get("conv1d", "code") == "code" and any(
+                fnmatch.fnmatchcase(path, p) for p in qcfg.get("conv1d_layers", ())):
+            # BiDM's LDM code builds these as BNNConv1d (methods.md §2.3): shifted sign and
+            # per-channel weight scale only, no K map on mean_c|x| and no per-conv shortcut.
+            input_scale = "none" if input_scale in ("box", "kconv") else input_scale
+            shortcut = "none"
         return LayerSpec(
             path=path, method=self.name, binary=True, weight=self.weight_quantizer(qcfg),
-            act=self.act, channel_shift=self.channel_shift,
-            input_scale=pick("input_scale", self.input_scale),
-            shortcut=pick("shortcut", self.shortcut), rprelu=pick("rprelu", self.rprelu),
+            act=self.act, channel_shift=self.channel_shift, input_scale=input_scale,
+            shortcut=shortcut, rprelu=pick("rprelu", self.rprelu),
             kconv_bias=qcfg.kconv_bias == "code", linear_tau=qcfg.linear_tau,
             shortcut_scale_init=float(qcfg.shortcut_scale_init),
             shortcut_abs=bool(qcfg.shortcut_abs), reste_threshold=float(qcfg.reste_threshold),

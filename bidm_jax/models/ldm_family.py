@@ -25,6 +25,9 @@ BINARY_LAYERS = ("*.in_layers.2", "*.out_layers.3", "*.emb_layers.1", "*.op", "*
                  "*.qkv", "*.proj_out")
 SKIP_PATTERNS = ("*.skip_connection",)
 EDGE_LAYERS = ("input_blocks.0.0", "out.2")
+# Conv1d in the official code (1x1 convs here): BiDM's BNNConv1d is the shifted sign and the
+# per-channel weight scale only, without BNNConv2d's k-conv scale map and shortcut (§2.3).
+CONV1D_LAYERS = ("*.qkv", "*.proj_out")
 # BiDM's LDM code: a (100, 31) coefficient table whose column is the global block counter
 # (input blocks, middle, output blocks; 31 = LDM-8's 15 + 1 + 15), and mixing on the output
 # blocks while at most 8 cached entries remain, i.e. the last 8 (methods.md §2.5).
@@ -58,6 +61,21 @@ def ldm8_model_config():
 
 
 PRESETS = {"ldm4": ldm4_model_config, "ldm8": ldm8_model_config}
+_ARCH_FIELDS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "in_channels", "out_ch",
+                "resolution", "num_heads", "num_head_channels", "use_scale_shift_norm",
+                "resblock_updown")
+
+
+def preset(model_config) -> str | None:
+    """'ldm4' / 'ldm8' when ``model_config`` builds that paper model (its architecture
+    fields; dropout and dtype aside), else None."""
+    def arch(m):
+        # num_heads is unused when num_head_channels > 0 (LDM-4)
+        return {f: tuple(v) if isinstance(v, (list, tuple)) else v
+                for f in _ARCH_FIELDS for v in (m.get(f),)
+                if not (f == "num_heads" and (m.get("num_head_channels") or -1) > 0)}
+    return next((name for name, make in PRESETS.items() if arch(model_config) == arch(make())),
+                None)
 
 
 def build(model_config, *, rngs, factory, dtype):
@@ -157,5 +175,6 @@ def num_groups(model_config) -> int:
 LDM_UNET = register_family(Family(
     name="ldm_unet", build=build, fp_layers=FP_LAYERS, binary_layers=BINARY_LAYERS,
     input_shape=input_shape, validate=validate, spd_features=spd_features, tbs_mix=tbs_mix,
-    skip_patterns=SKIP_PATTERNS, edge_layers=EDGE_LAYERS, block_group=block_group,
-    num_groups=num_groups, timestep_outputs=timestep_outputs))
+    skip_patterns=SKIP_PATTERNS, edge_layers=EDGE_LAYERS, conv1d_layers=CONV1D_LAYERS,
+    block_group=block_group,
+    num_groups=num_groups, timestep_outputs=timestep_outputs, preset=preset))

@@ -9,6 +9,9 @@ family instead of assuming DDIM names:
   state-dict names); ``quant.fp_layers`` / ``quant.binary_layers`` left empty resolve to these;
 * ``skip_patterns``: the FP 1×1 skip convs the papers leave out of their FLOPs;
 * ``edge_layers``: the first and last convs (8-bit in BinaryDM's paper);
+* ``conv1d_layers``: the layers that are Conv1d in the official code (LDM attention qkv and
+  proj_out): BiDM's ``BNNConv1d`` has no input scale map and no per-conv shortcut, so
+  ``quant.conv1d='code'`` builds them without (methods.md §2.3);
 * ``block_group(path, model_config)``: the block group of a layer in BinaryDM's grouping of
   the TimestepEmbed blocks (0 = the highest-resolution head/tail blocks ... L−1, the middle
   block L; None outside the blocks), which decides its two bases and when progressive
@@ -18,6 +21,8 @@ family instead of assuming DDIM names:
 * ``spd_features(model)``: the tap names distilled by SPD/L2 (BiDM's hooked features);
 * ``tbs_mix(model, kind, last_n)``: TBS mixing points ``((point, source, column), ...)`` and
   the number of coefficient columns, for the ``code`` and ``paper`` wirings;
+* ``preset(model_config)``: the name of the paper model it equals ('ldm4', ...), or None
+  (the summary sets the papers' printed efficiency totals beside its own for these);
 * ``input_shape(config)``: (H, W, C) of the diffusion model's input (a latent family's differs
   from ``data.image_size``);
 * ``validate(config)``: raises ValueError on model fields the family cannot build.
@@ -55,9 +60,11 @@ class Family:
     tbs_mix: Callable
     skip_patterns: tuple[str, ...] = ()
     edge_layers: tuple[str, ...] = ()
+    conv1d_layers: tuple[str, ...] = ()
     block_group: Callable | None = None
     num_groups: Callable | None = None
     timestep_outputs: Callable | None = None
+    preset: Callable | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

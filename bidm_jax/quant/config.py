@@ -31,6 +31,7 @@ CHOICES = {
     "taq_affine_init": ("unit", "calibrated"),
     "talsq_init": ("per_step", "shared"),
     "zp_form": ("offset", "code"),
+    "conv1d": ("code", "conv2d"),
 }
 
 
@@ -58,6 +59,11 @@ def get_quant_config() -> ml_collections.ConfigDict:
     # RPReLU after each binary conv: 'auto' = the method's recipe (reactnet 'post_residual',
     # bbcu 'pre_residual', others 'none'); an explicit value overrides it, e.g. to ablate it.
     c.rprelu = "auto"
+    # Layers that are Conv1d in the official code (quant.conv1d_layers; LDM attention qkv and
+    # proj_out): 'code' = BiDM's BNNConv1d, the method's sign and weight scale without the
+    # K map (box / k-conv) and without the per-conv shortcut; 'conv2d' = the same recipe as
+    # every other binary conv (the BiDM paper does not single them out).
+    c.conv1d = "code"
     c.shortcut_scale_init = 0.0  # CIFAR code 0.0; LDM code 0.3
     c.shortcut_abs = False  # CIFAR code False; LDM code True (|s|)
     # ReSTE (§5): o goes from 1 to reste_o_end with a cosine schedule; threshold t.
@@ -117,6 +123,7 @@ def get_quant_config() -> ml_collections.ConfigDict:
     c.fp_layers = ()
     c.binary_layers = ()
     c.edge_layers = ()   # the first and last convs (methods quantizing them at 8 bits)
+    c.conv1d_layers = ()  # Conv1d in the official code (the family's; see quant.conv1d)
     return c
 
 
@@ -155,7 +162,7 @@ def validate_quant_config(cfg) -> None:
         raise ValueError(f"quant.taq_momentum={cfg.taq_momentum} must be in (0, 1]")
     if not cfg.taq_eps > 0:
         raise ValueError(f"quant.taq_eps={cfg.taq_eps} must be > 0")
-    for field in ("fp_layers", "binary_layers", "edge_layers"):
+    for field in ("fp_layers", "binary_layers", "edge_layers", "conv1d_layers"):
         pats = cfg[field]
         if isinstance(pats, str) or not all(isinstance(p, str) for p in pats):
             raise ValueError(f"quant.{field} must be a tuple of fnmatch patterns, got {pats!r}")
