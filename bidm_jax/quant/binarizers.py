@@ -201,16 +201,23 @@ def lsq_integer(x: jax.Array, s: jax.Array, bits: int) -> jax.Array:
     return jnp.round(jnp.clip(x / s, -qn, qp))
 
 
+# Floor of an initial LSQ step: an all-zero tensor (a zero-initialised conv such as the LDM
+# UNet's out.2 before training, or a zero activation) would give s = 0 and 0/0 = NaN.
+MIN_LSQ_STEP = 1e-8
+
+
 def lsq_init_scale(x: jax.Array, bits: int, signed: bool = True) -> jax.Array:
-    """LSQ init s = 2·mean|x|/sqrt(Q_P) (methods.md §5; §4.6 item 2 gives 0.740810)."""
+    """LSQ init s = 2·mean|x|/sqrt(Q_P) (methods.md §5; §4.6 item 2 gives 0.740810), at
+    least ``MIN_LSQ_STEP``."""
     _, qp = lsq_levels(bits, signed)
-    return 2.0 * jnp.mean(jnp.abs(x)) / math.sqrt(qp)
+    return jnp.maximum(2.0 * jnp.mean(jnp.abs(x)) / math.sqrt(qp), MIN_LSQ_STEP)
 
 
 def lsq_channel_init(w: jax.Array, bits: int) -> jax.Array:
-    """Per-output-channel LSQ weight step 2·mean|W|/sqrt(Q_P): (..., O) -> (O,)."""
+    """Per-output-channel LSQ weight step 2·mean|W|/sqrt(Q_P): (..., O) -> (O,), at least
+    ``MIN_LSQ_STEP``."""
     _, qp = lsq_levels(bits, True)
-    return 2.0 * per_channel_abs_mean(w) / math.sqrt(qp)
+    return jnp.maximum(2.0 * per_channel_abs_mean(w) / math.sqrt(qp), MIN_LSQ_STEP)
 
 
 # --- EBB: BinaryDM's evolvable-basis binarizer (BinaryDM Eq. 5-8; methods.md §3.2) ----------
