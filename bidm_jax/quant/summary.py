@@ -19,7 +19,10 @@ Two conventions are reported (methods.md §2.9, §8 item 6):
 * ``paper``: the BiDM/BinaryDM tables: binarized kernels at 1 bit, every other *teacher*
   tensor at 32 bits, extras not counted (optionally + per-channel scales). FLOPs = MACs of
   the FP conv/linear layers, excluding the 1×1 skip convs in a quantized model and never
-  counting attention matmuls; an FP model counts all conv+linear MACs.
+  counting attention matmuls; an FP model counts all conv+linear MACs. The BiDM tables also
+  leave the FP skip convs out of the size (37.3 MB on LDM-4, methods.md §0 item 3):
+  ``size_skips_binary_mib`` counts them at 1 bit (:mod:`bidm_jax.quant.published` sets the
+  papers' printed totals beside these).
 
 BOPs = Σ MACs·b_w·b_a over quantized layers (b_w: stored bits, 2 for a two-basis layer;
 b_a: 1, 4, 8 ...); OPs = BOPs/64 + FLOPs (BinaryDM's OPs = b_w·b_a·MACs/64 + FLOPs).
@@ -40,6 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bidm_jax.quant import trace
+from bidm_jax.quant.extras import AttentionOperands
 from bidm_jax.quant.layers import QConv, QDense
 
 __all__ = ["summarize", "count_matmul_macs"]
@@ -99,10 +103,18 @@ def _vsize(v) -> int:
 
 
 def _layer_params(model):
-    """Per factory layer: (spec, teacher kernel/bias sizes, extra param count, derived scales),
-    plus the count of Params outside factory layers."""
-    layers, claimed = {}, set()
+    """Per factory layer: (spec, teacher kernel/bias sizes, extra param count, derived scales);
+    the count of the method's Params outside factory layers (the attention operand quantizers'
+    steps, TaQ's affine: not teacher tensors) and of the teacher's Params outside factory
+    layers (norms)."""
+    layers, claimed, method_other = {}, set(), 0
     for path, m in nnx.iter_modules(model):
+        if isinstance(m, AttentionOperands):
+            for sub, v in nnx.to_flat_state(nnx.state(m, nnx.Param)):
+                if tuple(path) + tuple(sub) not in claimed:
+                    claimed.add(tuple(path) + tuple(sub))
+                    method_other += _vsize(v)
+            continue
         if not isinstance(m, (QConv, QDense)):
             continue
         leaves = nnx.to_flat_state(nnx.state(m, nnx.Param))
@@ -115,7 +127,7 @@ def _layer_params(model):
                                    extra=extra, scales=_derived_scales(m) if m.spec.binary else 0)
     other = sum(_vsize(v) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
                 if tuple(p) not in claimed)
-    return layers, other
+    return layers, other, method_other
 
 
 def _ratio(a: float, b: float) -> float:
@@ -159,7 +171,7 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
     if not records:
         raise ValueError("no factory-built layer was traced: build the model with "
                          "QuantFactory (use method 'fp' for a full-precision model)")
-    layers, other_params = _layer_params(model)
+    layers, other_params, method_other = _layer_params(model)
 
     rows, macs = [], dict(binary=0, bops=0, bit_macs=0, fp_layers=0, skip=0, shortcut=0,
                           kconv=0)
@@ -184,6 +196,10 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
     act_bits: dict[int, int] = {}
     teacher_params = other_params
     paper_bits, paper_scales = 32 * other_params, 0
+    # The FP skip 1×1 convs of a binary model, which the BiDM tables count as binary
+    # (methods.md §0 item 3): their kernels' bits beyond 1 and their per-channel scales.
+    has_binary = any(info["module"].spec.binary for info in layers.values())
+    skip_extra_bits, skip_scales = 0, 0
     for path, info in layers.items():
         spec = info["module"].spec
         teacher_params += info["kernel"] + info["bias"]
@@ -193,6 +209,10 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
         bits_stored[32] += bias_stored + info["extra"] + info["scales"]
         paper_bits += wbits * info["kernel"] + 32 * info["bias"]
         paper_scales += info["scales"] if spec.binary else 0
+        if (has_binary and not spec.binary
+                and any(fnmatch.fnmatchcase(path, p) for p in skip_patterns)):
+            skip_extra_bits += (wbits - 1) * info["kernel"]
+            skip_scales += info["module"].out_features
         if spec.binary:
             kinds = ("quantized", "1bit") if spec.bits_w == 1 else ("quantized",)
             for kind in kinds:
@@ -207,7 +227,7 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
             + info["scales"],
             macs_binary=sum(r.macs for r in rec if r.binary),
             macs_fp=sum((0 if r.binary else r.macs) + r.shortcut_macs + r.kconv_macs for r in rec)))
-    bits_stored[32] += other_params
+    bits_stored[32] += other_params + method_other
     has_binary = macs["binary"] > 0
     stored_bits = sum(b * n for b, n in bits_stored.items())
     flops_stored = macs["fp_layers"] + macs["shortcut"] + macs["kconv"] + macs["unclaimed"]
@@ -232,6 +252,10 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
                     ops=macs["bops"] / 64 + flops_stored),
         paper=dict(fp32_size_mib=size_fp, size_mib=paper_bits / 8 / _MiB,
                    size_with_scales_mib=(paper_bits + 32 * paper_scales) / 8 / _MiB,
+                   size_skips_binary_mib=(paper_bits - skip_extra_bits) / 8 / _MiB,
+                   size_skips_binary_with_scales_mib=(
+                       paper_bits - skip_extra_bits + 32 * (paper_scales + skip_scales))
+                   / 8 / _MiB,
                    fp32_flops=fp_paper, bops=macs["bops"], flops=flops_paper,
                    ops=macs["bops"] / 64 + flops_paper,
                    ops_bitwidth=macs["bit_macs"] / 32 + flops_paper),
@@ -242,6 +266,7 @@ def summarize(model: nnx.Module, input_shape: tuple, *, apply_fn: Callable | Non
         c["size_saving"] = c["fp32_size_mib"] / c["size_mib"]
         c["ops_saving"] = c["fp32_flops"] / c["ops"] if c["ops"] else float("nan")
     p = out["paper"]
+    p["size_skips_binary_saving"] = p["fp32_size_mib"] / p["size_skips_binary_mib"]
     p["ops_bitwidth_saving"] = p["fp32_flops"] / p["ops_bitwidth"] if p["ops_bitwidth"] \
         else float("nan")
     return _table(out), out
@@ -286,4 +311,8 @@ def _table(s: dict) -> str:
     if "size_with_scales_mib" in s["paper"]:
         lines.append(f"{'  size + fp32 weight scales':<30}{'':>12}"
                      f"{s['paper']['size_with_scales_mib']:>12.2f}")
+    if p["size_skips_binary_mib"] != p["size_mib"]:
+        lines.append(f"{'  size, FP skip convs at 1 bit':<30}{'':>12}"
+                     f"{p['size_skips_binary_mib']:>12.2f}{p['size_skips_binary_saving']:>8.1f}x"
+                     f"  (+ scales {p['size_skips_binary_with_scales_mib']:.2f})")
     return "\n".join(lines)
