@@ -12,9 +12,13 @@ import copy
 
 from absl import logging
 
+from bidm_jax import first_stage
 from bidm_jax.data.cifar10 import SOURCES
+from bidm_jax.data.images import DATASETS as IMAGE_DATASETS
+from bidm_jax.data.images import INTERPOLATIONS
+from bidm_jax.data.images import SOURCES as IMAGE_SOURCES
 from bidm_jax.data.pipeline import DATASETS
-from bidm_jax.diffusion.losses import REDUCTIONS
+from bidm_jax.diffusion.losses import LOSS_TYPES, REDUCTIONS
 from bidm_jax.diffusion.samplers import CONVENTIONS, SAMPLERS, VAR_TYPES
 from bidm_jax.diffusion.schedules import SCHEDULES
 from bidm_jax.models import DTYPES, get_family, list_families
@@ -48,15 +52,19 @@ def _unit_interval(cfg, section: str, field: str) -> None:
 def validate_config(cfg) -> None:
     """Raises ValueError on the first invalid field."""
     _choice(cfg, "data", "dataset", DATASETS)
-    _choice(cfg, "data", "source", SOURCES)
+    _choice(cfg, "data", "source", IMAGE_SOURCES if cfg.data.dataset in IMAGE_DATASETS
+            else SOURCES)
     _choice(cfg, "data", "split", ("train", "test"))
     _positive(cfg, "data", "image_size")
+    _choice(cfg, "data", "interpolation", INTERPOLATIONS)
+    _positive(cfg, "data", "workers")
     _choice(cfg, "model", "name", list_families())
     _choice(cfg, "model", "dtype", tuple(DTYPES))
     get_family(cfg.model.name).validate(cfg)
     _unit_interval(cfg, "model", "dropout")
     _choice(cfg, "diffusion", "schedule", SCHEDULES)
     _choice(cfg, "diffusion", "loss_reduction", REDUCTIONS)
+    _choice(cfg, "diffusion", "loss_type", LOSS_TYPES)
     _choice(cfg, "diffusion", "sampler", SAMPLERS)
     _choice(cfg, "diffusion", "timestep_convention", CONVENTIONS)
     _choice(cfg, "diffusion", "var_type", VAR_TYPES)
@@ -64,6 +72,14 @@ def validate_config(cfg) -> None:
     if not 1 <= cfg.diffusion.sample_steps <= cfg.diffusion.num_timesteps:
         raise ValueError(f"diffusion.sample_steps={cfg.diffusion.sample_steps} must be in "
                          f"[1, {cfg.diffusion.num_timesteps}]")
+    steps, T = cfg.diffusion.sample_steps, cfg.diffusion.num_timesteps
+    if cfg.diffusion.timestep_convention == "ldm" and (T - 1) // (T // steps) * (T // steps) \
+            + 1 >= T:
+        # make_ddim_timesteps: range(0, T, T // S) + 1 reaches T (out of the schedule) when
+        # S does not divide T, e.g. S = 3 -> {1, 334, 667, 1000}
+        raise ValueError(f"diffusion.sample_steps={steps} with timestep_convention='ldm' "
+                         f"gives timestep {T} (range(0, {T}, {T // steps}) + 1), outside the "
+                         f"{T}-step schedule; use a divisor of {T} (100, 200, 250, ...)")
     if cfg.diffusion.eta < 0:
         raise ValueError(f"diffusion.eta={cfg.diffusion.eta} must be >= 0")
     if not 0 < cfg.diffusion.beta_start < cfg.diffusion.beta_end < 1:
@@ -75,6 +91,9 @@ def validate_config(cfg) -> None:
               "max_nonfinite_streak"):
         _positive(cfg, "train", f, allow_zero=True)
     _unit_interval(cfg, "train", "ema_decay")
+    if not (cfg.train.warmup_start == -1 or 0 <= cfg.train.warmup_start <= 1):
+        raise ValueError(f"train.warmup_start={cfg.train.warmup_start} must be -1 (DDPM's "
+                         "warm-up) or in [0, 1] (LDM's LambdaLinearScheduler f_start)")
     _choice(cfg, "train", "matmul_precision", MATMUL_PRECISIONS)
     _choice(cfg, "train", "lr_decay", LR_DECAYS)
     for f in ("num_samples", "batch_size", "grid_size"):
@@ -88,6 +107,12 @@ def validate_config(cfg) -> None:
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ValueError(f"mesh.data={cfg.mesh.data} must be -1 (all devices) or >= 1")
     _validate_export(cfg)
+    first_stage.validate(cfg)
+    if cfg.diffusion.loss_type != "l2" and (cfg.distill.loss == "nem"
+                                            or cfg.distill.data == "teacher_trajectory"):
+        raise ValueError(f"diffusion.loss_type={cfg.diffusion.loss_type!r} is implemented for "
+                         "the ε loss of training and real-data distillation; distill.loss="
+                         "'nem' and distill.data='teacher_trajectory' use l2 only")
     for section, validate in _section_validators():
         validate(cfg[section])
 

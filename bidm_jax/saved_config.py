@@ -42,9 +42,12 @@ MODEL_COMPUTE_ONLY = ("dropout", "dtype")
 QUANT_TRAINING_ONLY = ("xnor_weight_grad", "reste_o_end", "reste_threshold", "ebb_tau",
                        "ebb_switch_step", "shortcut_scale_init", "progressive",
                        "attn_quant_start")
-# distill.* / diffusion.*: the TBS table (its rows follow the number of timesteps).
+# distill.* / diffusion.*: the TBS table (its rows follow the number of timesteps);
+# first_stage.*: the latent space the model works in (its autoencoder's kind and shape).
 OTHER_ARCHITECTURE = ("distill.tbs", "distill.tbs_topology", "distill.tbs_last_n",
-                      "diffusion.num_timesteps")
+                      "diffusion.num_timesteps", "first_stage.kind", "first_stage.ch",
+                      "first_stage.ch_mult", "first_stage.num_res_blocks",
+                      "first_stage.n_embed")
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 

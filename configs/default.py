@@ -18,12 +18,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.mode = "train"             # default --mode when the flag is not given
 
     c.data = d = ml_collections.ConfigDict()
-    d.dataset = "cifar10"        # cifar10 | digits (embedded, no download)
-    d.source = "auto"            # auto | archive | npz | tfds
-    d.path = ""                  # archive (.tar.gz or folder), npz, or tfds data_dir
+    # cifar10 | digits (embedded, no download) | image_folder | lsun_bedrooms |
+    # lsun_churches | ffhq (the last four are read lazily, file by file: docs/ldm.md)
+    d.dataset = "cifar10"
+    d.source = "auto"            # auto | archive | npz | tfds (CIFAR-10); auto | folder | tfds
+    d.path = ""                  # archive (.tar.gz or folder), npz, image folder or tfds data_dir
+    d.file_list = ""             # image folders: a text file of paths relative to data.path
+                                 # (CompVis bedrooms_train.txt, taming ffhqtrain.txt); '' = all
     d.split = "train"
     d.image_size = 32
     d.random_flip = True
+    d.interpolation = "bicubic"  # image folders: resize filter after the centre crop
+                                 # (bicubic: CompVis ldm/data/lsun.py; bilinear: taming FFHQ)
+    d.workers = 8                # image folders: decoding threads
 
     c.model = m = ml_collections.ConfigDict()
     m.name = "ddim_unet"
@@ -50,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     f.beta_end = 2e-2
     f.num_timesteps = 1000
     f.loss_reduction = "sum"     # sum over pixels (ermongroup/BiDM) | mean (DDPM/LDM)
+    f.loss_type = "l2"           # l2 | l1 (LDM-8 churches: ``loss_type: l1``)
     f.antithetic = True
     f.sampler = "ddim"           # ddim | ddpm
     f.sample_steps = 100
@@ -63,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.num_steps = 800_000
     t.lr = 2e-4
     t.warmup_steps = 5000
+    # Warm-up factor: -1 = DDPM's min(1, (s+1)/warmup_steps); >= 0 = LDM's
+    # LambdaLinearScheduler, f_start + (1 - f_start)·s/warmup_steps from f_start = this.
+    t.warmup_start = -1.0
     t.lr_decay = "none"          # none | linear (to 0 at num_steps, after the warm-up factor)
     t.grad_clip = 1.0
     t.adam_b1 = 0.9
@@ -70,12 +81,33 @@ def get_config() -> ml_collections.ConfigDict:
     t.adam_eps = 1e-8
     t.weight_decay = 0.0
     t.ema_decay = 0.9999
+    t.ema_warmup = False         # LDM's LitEma: decay min(ema_decay, (1+n)/(10+n)), n updates
     t.log_every = 100
     # Stop (exit code 3, last good checkpoint kept, no final samples) after this many
     # consecutive non-finite updates; 0 = never stop (skip and count them only).
     t.max_nonfinite_streak = 20
     t.sample_every = 0           # write a sample grid every N steps (0 = only at the end)
     t.matmul_precision = "default"  # default | tensorfloat32 | float32 (= highest)
+
+    # The frozen LDM autoencoder of a latent diffusion model (docs/ldm.md); '' = pixel space.
+    c.first_stage = a = ml_collections.ConfigDict()
+    a.kind = ""                  # '' | vq-f4 | kl-f8
+    a.path = ""                  # a converted first_stage/ dir (python -m bidm_jax.convert.ldm)
+    a.scale_factor = -1.0        # -1 = the checkpoint's (meta.json); > 0 replaces it
+    # Random weights instead of first_stage.path: only for tests and benchmarks (the latents
+    # mean nothing); never implied by a missing path.
+    a.random_init = False
+    # Architecture overrides of the kind's preset, with random_init only (tiny test models):
+    # 0 / () = the preset's value.
+    a.ch = 0
+    a.ch_mult = ()
+    a.num_res_blocks = 0
+    a.n_embed = 0
+    # A latent dataset written by --mode encode_latents ('' = encode each batch on the fly,
+    # inside the training step); --mode encode_latents writes here ('' = {workdir}/latents).
+    a.latents = ""
+    a.cache_dtype = "float16"    # float16 | float32: what encode_latents stores
+    a.encode_batch_size = 32     # images per encoder call in --mode encode_latents
 
     c.sample = s = ml_collections.ConfigDict()
     s.num_samples = 64           # written by --mode sample and at the end of training

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 REDUCTIONS = ("sum", "mean")
+LOSS_TYPES = ("l2", "l1")
 
 
 def sample_timesteps(rng: jax.Array, batch: int, num_timesteps: int,
@@ -22,12 +23,17 @@ def q_sample(x0: jax.Array, t: jax.Array, noise: jax.Array, abar: jax.Array) -> 
     return jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
 
 
-def eps_loss(eps_pred: jax.Array, noise: jax.Array, reduction: str = "sum") -> jax.Array:
-    """Per-batch ε loss: mean_b Σ_{CHW} (ε − ε̂)² ("sum", ermongroup/BiDM CIFAR) or
-    mean_b mean_{CHW} (DDPM/LDM, "mean"). Computed in float32."""
+def eps_loss(eps_pred: jax.Array, noise: jax.Array, reduction: str = "sum",
+             loss_type: str = "l2") -> jax.Array:
+    """Per-batch ε loss: mean_b Σ_{CHW} e ("sum", ermongroup/BiDM CIFAR) or mean_b mean_{CHW}
+    e (DDPM/LDM, "mean"), e = (ε − ε̂)² ("l2") or |ε − ε̂| ("l1", LDM-8's ``loss_type: l1``;
+    LatentDiffusion ``get_loss(..., mean=False).mean([1, 2, 3])``). Computed in float32."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"diffusion.loss_reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    sq = jnp.square(noise.astype(jnp.float32) - eps_pred.astype(jnp.float32))
-    per = sq.reshape(sq.shape[0], -1)
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"diffusion.loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    d = noise.astype(jnp.float32) - eps_pred.astype(jnp.float32)
+    e = jnp.square(d) if loss_type == "l2" else jnp.abs(d)
+    per = e.reshape(e.shape[0], -1)
     per = per.sum(axis=1) if reduction == "sum" else per.mean(axis=1)
     return per.mean()

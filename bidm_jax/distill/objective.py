@@ -109,6 +109,7 @@ def make_loss_fn(config, method, student_fm: Functional, teacher_fm: Functional,
             loss, parts = total_loss(eps, noise, s_feats, t_feats, distill=dist.loss,
                                      weight=float(weight), patches=int(dist.spd_patches),
                                      spd_form=dist.spd_form, reduction=dcfg.loss_reduction,
+                                     loss_type=dcfg.loss_type,
                                      lrm_projections=[new_aux[n] for n in lrm_names],
                                      lrm_mode=dist.lrm_mode)
         metrics.update(noise_loss=parts["noise"], distill_loss=parts["distill"])

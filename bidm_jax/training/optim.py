@@ -44,8 +44,10 @@ LR_DECAYS = ("none", "linear")
 
 def make_optimizer(tcfg, lr_scale: jax.Array | None = None) -> optax.GradientTransformation:
     """Adam (AdamW when weight_decay > 0) with global-norm clipping and linear warm-up:
-    lr_s = lr · min(1, (s+1)/warmup) (DDPM/ermongroup recipe), times max(0, 1 − s/num_steps)
-    with ``train.lr_decay='linear'`` (EfficientDM's ``get_linear_schedule_with_warmup``).
+    lr_s = lr · min(1, (s+1)/warmup) (DDPM/ermongroup recipe), or with ``train.warmup_start``
+    = f ≥ 0 LDM's LambdaLinearScheduler lr · (f + (1 − f)·s/warmup) for s < warmup (the
+    churches config: f = 1e-6 over 10k steps), times max(0, 1 − s/num_steps) with
+    ``train.lr_decay='linear'`` (EfficientDM's ``get_linear_schedule_with_warmup``).
 
     lr_scale: per-parameter learning-rate multipliers as a flat vector (``Flat.multipliers``;
     a method's parameter groups, e.g. EfficientDM's three learning rates; 0 freezes). They
@@ -60,8 +62,15 @@ def make_optimizer(tcfg, lr_scale: jax.Array | None = None) -> optax.GradientTra
                          f"{', '.join(LR_DECAYS)}")
     steps = max(int(tcfg.num_steps), 1)
 
+    f_start = float(tcfg.get("warmup_start", -1.0))
+
     def schedule(s):
-        out = lr * jnp.minimum(1.0, (s + 1) / warm) if warm else lr
+        if not warm:
+            out = lr
+        elif f_start >= 0:  # LDM's LambdaLinearScheduler (f_max = f_min = 1, one cycle)
+            out = lr * jnp.where(s < warm, f_start + (1.0 - f_start) * s / warm, 1.0)
+        else:
+            out = lr * jnp.minimum(1.0, (s + 1) / warm)
         return out * jnp.maximum(0.0, 1.0 - s / steps) if decay == "linear" else out
 
     if not warm and decay == "none":
@@ -98,8 +107,17 @@ def all_finite(tree) -> jax.Array:
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
+def ema_decay_at(ema_decay: float, step, warmup: bool):
+    """The EMA decay of the update that makes step ``step`` (0-based): constant, or with
+    ``warmup`` LDM's LitEma min(decay, (1 + n)/(10 + n)) with n = step + 1 updates so far."""
+    if not warmup:
+        return ema_decay
+    n = step.astype(jnp.float32) + 1.0
+    return jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
+
+
 def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTransformation,
-                   ema_decay: float, unravel: Callable):
+                   ema_decay: float, unravel: Callable, ema_warmup: bool = False):
     """One optimizer step on ``loss_fn(params_dict, aux, batch, key, step) -> (loss, (metrics,
     aux))``; ``unravel`` maps the state's flat vector to that dict; ``aux`` is the model's
     auxiliary state (``state["aux"]``, {} when the state has none), returned updated by the
@@ -117,7 +135,8 @@ def guarded_update(state: dict, loss_fn: Callable, batch, opt: optax.GradientTra
     ok = jnp.isfinite(loss) & all_finite(grads)
     updates, opt_new = opt.update(grads, state["opt"], state["params"])
     params_new = optax.apply_updates(state["params"], updates)
-    ema_new = ema_decay * state["ema"] + (1.0 - ema_decay) * params_new
+    decay = ema_decay_at(ema_decay, state["step"], ema_warmup)
+    ema_new = decay * state["ema"] + (1.0 - decay) * params_new
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = {**state, "params": keep(params_new, state["params"]),
                  "ema": keep(ema_new, state["ema"]), "opt": keep(opt_new, state["opt"]),
