@@ -1,22 +1,29 @@
 """Deterministic, resumable, per-process input pipeline.
 
-The whole (small) dataset sits in host memory as uint8. The global batch of step s is a pure
-function of (seed, s): epoch e = s·B // N uses permutation π_e = PRNG(seed, e), flips come from
-PRNG(seed, s). Each process takes its contiguous slice of the global batch, so 1..N processes
-see exactly the same global batch and a resumed run continues the same data order.
+A source is indexable: an in-memory uint8 array (CIFAR-10, digits), or a lazy source read
+on demand (image folders and tfds builds, :mod:`bidm_jax.data.images`; cached latents,
+:mod:`bidm_jax.data.latents`) with ``len(source)`` and ``source.take(indices)``. The global
+batch of step s is a pure function of (seed, s): epoch e = s·B // N uses permutation
+π_e = PRNG(seed, e), flips come from PRNG(seed, s). Each process takes, and reads, only its
+contiguous slice of the global batch, so 1..N processes see exactly the same global batch
+and a resumed run continues the same data order.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from bidm_jax.data import images as image_files
 from bidm_jax.data.cifar10 import load_cifar10
 from bidm_jax.data.digits import load_digits_rgb
 
-DATASETS = ("cifar10", "digits")
+DATASETS = ("cifar10", "digits") + image_files.DATASETS
 
 
-def load_images(data_cfg) -> np.ndarray:
-    """uint8 (N, R, R, 3) for the configured dataset and split."""
+def load_images(data_cfg):
+    """The configured dataset and split: uint8 (N, R, R, 3) in memory (CIFAR-10, digits) or
+    a lazy source of such images (image folders, LSUN, FFHQ)."""
+    if data_cfg.dataset in image_files.DATASETS:
+        return image_files.open_images(data_cfg)
     if data_cfg.dataset == "cifar10":
         if data_cfg.image_size != 32:
             raise ValueError(f"CIFAR-10 images are 32x32; data.image_size={data_cfg.image_size}")
@@ -36,7 +43,9 @@ class BatchSource:
     """Global batches by step index; this process's slice of it.
 
     Args:
-      images: uint8 (N, R, R, C).
+      images: uint8 (N, R, R, C) in memory, or a lazy source: ``len()`` and
+        ``take(indices) -> uint8 (B, R, R, C)``; or one with ``batch(indices, flip) ->
+        float32`` that applies the flips (bool (B,)) itself (a latent cache).
       global_batch: examples per step over all processes.
       seed: data seed.
       random_flip: horizontal flips with p = 0.5.
@@ -69,11 +78,21 @@ class BatchSource:
         epoch, k = divmod(step, per_epoch)
         return self._permutation(epoch)[k * self.global_batch:(k + 1) * self.global_batch]
 
+    def flips(self, step: int) -> np.ndarray:
+        """bool (B_global,): which examples of step ``step`` are mirrored."""
+        if not self.random_flip:
+            return np.zeros(self.global_batch, bool)
+        return np.random.default_rng([self.seed, 1 << 30, step]).random(self.global_batch) < 0.5
+
     def local_batch(self, step: int) -> np.ndarray:
-        """float32 (B_local, R, R, C) in [-1, 1] for this process at ``step``."""
+        """float32 (B_local, R, R, C) in [-1, 1] for this process at ``step`` (a latent
+        cache: its float32 values)."""
         sl = slice(self.offset, self.offset + self.local)
-        x = self.images[self.global_indices(step)[sl]]
+        idx, flip = self.global_indices(step)[sl], self.flips(step)[sl]
+        if hasattr(self.images, "batch"):
+            return self.images.batch(idx, flip)
+        # (ndarray.take would flatten: arrays and memory maps are indexed)
+        x = self.images[idx] if isinstance(self.images, np.ndarray) else self.images.take(idx)
         if self.random_flip:
-            flip = np.random.default_rng([self.seed, 1 << 30, step]).random(self.global_batch)
-            x = np.where(flip[sl, None, None, None] < 0.5, x[:, :, ::-1], x)
+            x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
         return to_float(x)
