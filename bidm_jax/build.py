@@ -242,11 +242,19 @@ class Trainable:
     info: dict = dataclasses.field(default_factory=dict)
     info_file: str | None = None
     lr_multipliers: dict | None = None   # {param name: lr multiplier} (the method's groups)
+    # Latent diffusion (bidm_jax.latent.attach): prepare(frozen, batch, key) -> x0 maps a data
+    # batch to the model's input inside the jitted step (the frozen first stage's values
+    # enter as arguments); decode(decode_values, x0) -> images for the samples.
+    prepare: Callable | None = None
+    frozen: dict | None = None
+    decode: Callable | None = None
+    decode_values: dict | None = None
 
 
 def teacher_loss_fn(fm: Functional, config):
     """loss(params, aux, x0, key, step) -> (ε loss, ({}, aux)) for x0 (B, H, W, C) in
-    [-1, 1] (DDPM Eq. 14; summed or averaged over pixels per ``diffusion.loss_reduction``)."""
+    [-1, 1] or latents (DDPM Eq. 14; squared or absolute error per ``diffusion.loss_type``,
+    summed or averaged over pixels per ``diffusion.loss_reduction``)."""
     dcfg = config.diffusion
     abar = np.asarray(schedules.from_config(dcfg), np.float32)
     use_dropout = config.model.dropout > 0
@@ -257,7 +265,7 @@ def teacher_loss_fn(fm: Functional, config):
         noise = jax.random.normal(k_n, x0.shape, x0.dtype)
         x_t = dlosses.q_sample(x0, t, noise, abar)
         eps, _ = fm(params, x_t, t, None, dropout_rng=k_d if use_dropout else None)
-        return dlosses.eps_loss(eps, noise, dcfg.loss_reduction), ({}, aux)
+        return dlosses.eps_loss(eps, noise, dcfg.loss_reduction, dcfg.loss_type), ({}, aux)
 
     return loss_fn
 

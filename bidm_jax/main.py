@@ -5,7 +5,8 @@
     python -m bidm_jax.main --workdir runs/teacher --mode sample   # the workdir's saved config
 
 Modes: train (FP teacher), distill (binary student), export (packed 1-bit student), sample,
-eval, summary, ref_stats, train_proxy, quickstart.
+encode_latents (a latent model's data through its first stage), eval, summary, ref_stats,
+train_proxy, quickstart.
 
 Errors the user can act on (a bad config, file or workdir, a diverged run, a failed write, a
 dead peer process) are printed once as ``bidm_jax: error: <one line>`` with the exit code of

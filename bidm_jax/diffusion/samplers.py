@@ -119,6 +119,11 @@ def ddpm_sample(model_fn: ModelFn, x_T: jax.Array, abar: np.ndarray, *, steps: i
                          f32(a), f32(a_prev), f32(beta), f32(var))
 
 
-def to_uint8(x: jax.Array) -> jax.Array:
-    """[-1, 1] float → uint8 as the ermongroup code: clamp((x+1)/2, 0, 1)·255, truncated."""
+def to_uint8(x: jax.Array, convention: str = "ermongroup") -> jax.Array:
+    """[-1, 1] float → uint8, truncated, as the reference code of ``convention`` writes its
+    samples (methods.md §1.4): ermongroup clamp((x+1)/2, 0, 1)·255; ldm (LDM's
+    ``scripts/sample_diffusion.py``) clamp((x+1)·127.5, 0, 255). Equal in exact arithmetic;
+    the float32 rounding of a few values can differ by one level."""
+    if convention == "ldm":
+        return jnp.clip((x + 1.0) * 127.5, 0.0, 255.0).astype(jnp.uint8)
     return (jnp.clip((x + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(jnp.uint8)

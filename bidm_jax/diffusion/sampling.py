@@ -23,17 +23,22 @@ def initial_noise(seed: int, start: int, count: int, shape) -> np.ndarray:
     return np.asarray(jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys))
 
 
-def make_sampler(model_fn, config, carry_init=None):
+def make_sampler(model_fn, config, carry_init=None, decode=None):
     """Returns ``sample(values, x_T, rng) -> uint8 images`` for the configured sampler.
 
     model_fn(values, x, t, carry) -> (eps, carry) with ``values`` the model's parameters and
-    auxiliary state (one flat dict); carry_init(x) -> initial carry.
+    auxiliary state (one flat dict); carry_init(x) -> initial carry. With ``decode`` (a
+    latent model's first stage, ``decode(decoder_values, z) -> images``) ``values`` is the
+    pair (model values, decoder values) and each batch of latents is decoded inside the same
+    jitted call, so no latent outlives its batch. The uint8 conversion follows
+    ``diffusion.timestep_convention`` (:func:`~bidm_jax.diffusion.samplers.to_uint8`).
     """
     dcfg = config.diffusion
     abar = schedules.from_config(dcfg)
 
     def sample(values, x_T, rng):
-        fn = lambda x, t, c: model_fn(values, x, t, c)
+        model_values, dec_values = values if decode is not None else (values, None)
+        fn = lambda x, t, c: model_fn(model_values, x, t, c)
         carry = carry_init(x_T) if carry_init is not None else None
         if dcfg.sampler == "ddim":
             x0, _ = samplers.ddim_sample(fn, x_T, abar, steps=dcfg.sample_steps, eta=dcfg.eta,
@@ -42,15 +47,18 @@ def make_sampler(model_fn, config, carry_init=None):
             x0, _ = samplers.ddpm_sample(fn, x_T, abar, steps=dcfg.sample_steps,
                                          var_type=dcfg.var_type, clip_x0=dcfg.clip_x0,
                                          carry=carry, rng=rng)
-        return samplers.to_uint8(x0)
+        if decode is not None:
+            x0 = decode(dec_values, x0)
+        return samplers.to_uint8(x0, dcfg.timestep_convention)
 
     return sample
 
 
 def generate(sample_fn, values, config, mesh, *, num: int, seed: int, shape) -> np.ndarray:
     """Runs ``sample_fn(values, x_T, rng)`` over ``num`` samples of per-sample ``shape``
-    (H, W, C) in batches of ``config.sample.batch_size`` (padded to a multiple of the device
-    count), batch sharded over the mesh. Returns uint8 (num, H, W, C) on every process."""
+    (H, W, C) of x_T in batches of ``config.sample.batch_size`` (padded to a multiple of the
+    device count), batch sharded over the mesh. Returns the uint8 images (num, H', W', 3) on
+    every process (H' = H unless ``sample_fn`` decodes latents)."""
     n_dev = mesh.devices.size
     bs = -(-config.sample.batch_size // n_dev) * n_dev
     repl, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)

@@ -8,6 +8,7 @@ MODES = {
     "distill": ("bidm_jax.modes.train", "run_distill"),
     "export": ("bidm_jax.modes.export", "run_export"),
     "sample": ("bidm_jax.modes.sample", "run_sample"),
+    "encode_latents": ("bidm_jax.modes.encode_latents", "run_encode_latents"),
     "eval": ("bidm_jax.metrics.evaluate", "run_eval"),
     "summary": ("bidm_jax.modes.summary", "run_summary"),
     "ref_stats": ("bidm_jax.metrics.evaluate", "run_ref_stats"),

@@ -11,6 +11,10 @@ A :class:`~bidm_jax.build.Trainable` (from :mod:`bidm_jax.build`) says what is t
 
 A fresh run with a ``calibrate_fn`` calibrates once on the first training batch before the
 first step; a resumed run restores the calibrated values from its checkpoint instead.
+
+A latent model's trainable also has ``prepare(frozen, batch, key) -> x0`` (the first stage's
+encoding, :mod:`bidm_jax.latent`), applied inside the jitted step and the calibration with the
+frozen values as arguments, and ``decode`` for the samples.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from bidm_jax.diffusion.sampling import generate, make_sampler, write_samples
 from bidm_jax.training import checkpoint, optim
 
 CALIBRATION_FOLD = 0x7ca1  # the calibration key: fold_in(seed key, this), apart from steps
+ENCODE_FOLD = 0x1a7e       # a latent model's encoding key: fold_in(step key, this)
 
 
 def scalar(x) -> float:
@@ -84,13 +89,36 @@ class Loop:
                                        max_to_keep=config.ckpt.max_to_keep,
                                        keep_period=config.ckpt.keep_period, cleanup=True)
         self.resumed = self._restore()
+        # A latent model's frozen first stage: replicated once, then an argument of every
+        # step (not a constant folded into the program).
+        self.frozen = parallel.place(trainable.frozen or {}, self.repl)
+        ema_warmup = bool(tcfg.get("ema_warmup", False))
         self.step_fn = jax.jit(
-            lambda s, b: optim.guarded_update(s, trainable.loss_fn, b, self.opt, tcfg.ema_decay,
-                                              self.flat.unravel),
-            in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
+            lambda s, b, fz: optim.guarded_update(s, self._loss_on_batch(fz), b, self.opt,
+                                                  tcfg.ema_decay, self.flat.unravel,
+                                                  ema_warmup=ema_warmup),
+            in_shardings=(self.repl, parallel.batch_sharded(self.mesh), self.repl),
             out_shardings=(self.repl, self.repl), donate_argnums=0)
-        self.sample_fn = make_sampler(trainable.sample_model_fn, config, trainable.carry_init)
+        self.sample_fn = make_sampler(trainable.sample_model_fn, config, trainable.carry_init,
+                                      decode=trainable.decode)
+        self.decode_values = (parallel.place(trainable.decode_values, self.repl)
+                              if trainable.decode is not None else None)
         self.writer = logs.MetricWriter(workdir, keep_until=self.step)
+
+    def _prepare(self, frozen, batch, key):
+        """The model's input x0 from a data batch (latent models: encoded by the frozen
+        first stage, with a key apart from the loss's)."""
+        prepare = self.trainable.prepare
+        if prepare is None:
+            return batch
+        return prepare(frozen, batch, jax.random.fold_in(key, ENCODE_FOLD))
+
+    def _loss_on_batch(self, frozen):
+        loss_fn = self.trainable.loss_fn
+        if self.trainable.prepare is None:
+            return loss_fn
+        return lambda p, a, b, key, step: loss_fn(p, a, self._prepare(frozen, b, key), key,
+                                                  step)
 
     def _restore(self) -> bool:
         latest = self.mngr.latest_step()
@@ -139,8 +167,10 @@ class Loop:
             return
         batch = parallel.global_batch(source.local_batch(0), self.mesh)
         key = jax.random.fold_in(jax.random.key(self.config.seed), CALIBRATION_FOLD)
-        params, aux = jax.jit(fn, out_shardings=(self.repl, self.repl))(
-            self.params(ema=False), self.state.get("aux", {}), batch, key)
+        params, aux = jax.jit(
+            lambda p, a, b, k, fz: fn(p, a, self._prepare(fz, b, k), k),
+            out_shardings=(self.repl, self.repl))(
+            self.params(ema=False), self.state.get("aux", {}), batch, key, self.frozen)
         # Two buffers: the step donates the state, and one buffer must not be donated twice.
         self.state = {**self.state, "params": self.ravel(params), "ema": self.ravel(params)}
         if "aux" in self.state:
@@ -149,9 +179,11 @@ class Loop:
 
     def samples(self, num: int | None = None) -> np.ndarray:
         num = num or self.config.sample.grid_size
-        return generate(self.sample_fn, self.values(ema=self.config.sample.use_ema),
-                        self.config, self.mesh, num=num, seed=self.config.sample.seed,
-                        shape=self.trainable.input_shape)
+        values = self.values(ema=self.config.sample.use_ema)
+        if self.decode_values is not None:
+            values = (values, self.decode_values)
+        return generate(self.sample_fn, values, self.config, self.mesh, num=num,
+                        seed=self.config.sample.seed, shape=self.trainable.input_shape)
 
     def _check_divergence(self, done: int, metrics: dict | None = None) -> None:
         """Raises :class:`~bidm_jax.errors.TrainingDiverged` after ``max_nonfinite_streak``
@@ -185,7 +217,7 @@ class Loop:
         with matmul_precision(tcfg.matmul_precision):
             for step in range(start, tcfg.num_steps):
                 batch = parallel.global_batch(source.local_batch(step), self.mesh)
-                self.state, metrics = self.step_fn(self.state, batch)
+                self.state, metrics = self.step_fn(self.state, batch, self.frozen)
                 done = step + 1
                 if done % check == 0 or done == tcfg.num_steps:
                     self._check_divergence(done, metrics if done == tcfg.num_steps else None)
