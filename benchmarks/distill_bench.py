@@ -78,6 +78,10 @@ def bench_variant(config, name: str, precision: str, steps: int, warmup: int) ->
         section, field = key.split(".")
         c[section][field] = value
     c.train.matmul_precision = precision
+    if c.model.name == "ldm_unet":
+        # The step trains on latent batches directly (as from a latent cache of VQ-f4, whose
+        # scale factor is 1): the frozen encoder's forward is not part of the timed step.
+        c.first_stage.random_init, c.first_stage.path, c.first_stage.latents = True, "", ""
     c = resolve_config(c, "distill")
     teacher = build.fp_model(c).params  # random weights: a step's cost does not depend on them
     trainable, _ = build.distill_trainable(c, build.teacher(c), teacher)
@@ -89,9 +93,10 @@ def bench_variant(config, name: str, precision: str, steps: int, warmup: int) ->
     step = jax.jit(lambda s, b: optim.guarded_update(s, trainable.loss_fn, b, opt,
                                                      c.train.ema_decay, flat.unravel),
                    donate_argnums=0)
-    r = c.model.resolution
+    shape = build.input_shape(c)
+    r = shape[0]
     rng = np.random.default_rng(0)
-    batches = [jax.device_put(rng.uniform(-1, 1, (c.train.batch_size, r, r, 3))
+    batches = [jax.device_put(rng.uniform(-1, 1, (c.train.batch_size,) + shape)
                               .astype(np.float32)) for _ in range(2)]
     times = []
     with matmul_precision(precision):
@@ -107,7 +112,7 @@ def bench_variant(config, name: str, precision: str, steps: int, warmup: int) ->
                 times.append((time.perf_counter() - t0) * 1e3)
     return {"variant": name, "method": method, "tbs": tbs, "loss": loss,
             "precision": precision, "batch": c.train.batch_size, "ch": c.model.ch,
-            "resolution": r, "ms_median": statistics.median(times), "ms_min": min(times),
+            "resolution": r, "model": c.model.name, "ms_median": statistics.median(times), "ms_min": min(times),
             "steps": steps, "first_step_s": compile_s, "loss_value": float(m["loss"]),
             "device": str(jax.devices()[0].device_kind)}
 
@@ -131,10 +136,15 @@ def main(argv=None):
     config = sibling(os.path.abspath(a.config), os.path.splitext(os.path.basename(a.config))[0])
     config = config.get_config()
     if a.tiny:
-        config.model.resolution = config.data.image_size = 8
+        config.model.resolution = 8
         config.model.ch, config.model.ch_mult = 32, (1, 2)
         config.model.num_res_blocks, config.model.attn_resolutions = 1, (4,)
         config.train.batch_size = 8
+        if config.model.name == "ldm_unet":  # images of the first stage's 8x8 latents
+            from bidm_jax.models.autoencoder import PRESETS
+            config.data.image_size = 8 * PRESETS[config.first_stage.kind].factor
+        else:
+            config.data.image_size = 8
     if a.runs:
         runs = [tuple(r.split(":")) for r in a.runs.split(",")]
     else:

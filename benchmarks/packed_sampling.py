@@ -50,21 +50,31 @@ VARIANTS = ("teacher_bf16", "teacher_fp32", "fakequant_fp32", "fakequant_bf16",
 TINY = ("teacher_bf16", "fakequant_fp32", "packed_xla_fp32", "packed_pallas_fp32")
 
 
-def get_config(tiny: bool):
+def get_config(tiny: bool, path: str = ""):
     from bidm_jax.configlib import resolve_config, sibling
 
-    c = sibling(os.path.join(ROOT, "configs", "default.py"), "cifar10_ddim").get_config()
+    path = path or os.path.join(ROOT, "configs", "cifar10_ddim.py")
+    c = sibling(os.path.abspath(path), os.path.splitext(os.path.basename(path))[0]).get_config()
     c.mesh.data = 1
+    latent = c.model.name == "ldm_unet"
+    if latent:  # random first-stage weights: decoding time does not depend on them
+        c.first_stage.random_init, c.first_stage.path, c.first_stage.latents = True, "", ""
     if tiny:
-        c.data.dataset, c.data.image_size, c.model.resolution = "digits", 8, 8
+        c.model.resolution = 8
         c.model.ch, c.model.ch_mult, c.model.num_res_blocks = 32, (1, 2), 1
         c.model.attn_resolutions = (4,)
+        if latent:
+            c.first_stage.ch, c.first_stage.ch_mult = 32, (1, 2)
+            c.data.image_size = 16
+        else:
+            c.data.dataset, c.data.image_size = "digits", 8
     return resolve_config(c, "sample")
 
 
-def build(config, args):
+def build(config, args, packed: bool = True):
     """Random teacher params, fake-quant student params (kernels from the teacher) and the
-    path of that student's packed file; and the byte report of the export."""
+    path of that student's packed file; and the byte report of the export (``packed``=False:
+    no export, path and report None)."""
     import numpy as np
 
     from bidm_jax import build as builder
@@ -74,6 +84,8 @@ def build(config, args):
     # The student's kernels / biases / norms are the teacher's (the student build copies them).
     fm = builder.student(config, teacher.params).fm
     student = {n: np.asarray(v) for n, v in {**fm.params, **fm.aux}.items()}
+    if not packed:
+        return (teacher.params, student, None), None
     packed, layers = export.pack_params(fm, student)
     directory = tempfile.mkdtemp(prefix="packed_bench_")
     path = os.path.join(directory, "packed.npz")
@@ -130,6 +142,31 @@ def time_variant(name, config, models, args, x_T, check):
     return row
 
 
+def time_decode(config, args, z):
+    """The first stage's decoding of one batch of latents (random weights), timed as the
+    sampler: median of ``--repeats`` after one compile-and-run. Images/s of whole sampling =
+    batch / (steps · step time + decode time)."""
+    import jax
+
+    from bidm_jax import first_stage
+
+    fs = first_stage.load(config)
+    values = jax.device_put(fs.values)
+    dec = jax.jit(fs.decode)
+    t0 = time.perf_counter()
+    dec(values, z).block_until_ready()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        dec(values, z).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    ms = statistics.median(times) * 1e3
+    return {"variant": f"decode_{config.first_stage.kind}", "batch": int(z.shape[0]),
+            "ms_per_batch": ms, "ms_per_step": ms, "images_per_s": z.shape[0] / ms * 1e3,
+            "steps": args.steps, "compile_and_first_run_s": first}
+
+
 def make_check(config, models, x_T):
     """Max |ε̂ − ε̂_ref| at the first DDIM step (t = 990) of a student variant against the
     fp32 fake-quant student, both evaluated with precision=highest (no TF32: the FP layers
@@ -177,6 +214,8 @@ def table(rows, bytes_report) -> str:
         lines.append(f"| {r['variant']} | {r['ms_per_step']:.2f} | {r['images_per_s']:.1f} | "
                      f"{'' if d is None else f'{d:.2e}'} |")
     b = bytes_report
+    if b is None:
+        return "\n".join(lines)
     lines += ["", "| file | bytes |", "| --- | --- |",
               f"| FP32 teacher npz | {b['teacher_fp32_npz_bytes']:,} |",
               f"| fake-quant student FP32 npz | {b['student_fp32_npz_bytes']:,} |",
@@ -189,6 +228,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="JSON output path")
     p.add_argument("--tiny", action="store_true", help="8x8 ch-32 UNet, CPU-sized (plumbing)")
+    p.add_argument("--config", default="",
+                   help="model config (default configs/cifar10_ddim.py); an LDM config times "
+                        "the latent sampler and, separately, the first stage's decoding")
     p.add_argument("--batch", type=int, default=None, help="default 256 (tiny: 8)")
     p.add_argument("--steps", type=int, default=100, help="DDIM steps images/s refers to")
     p.add_argument("--timed-steps", type=int, default=None, help="default 10 (tiny: 4)")
@@ -212,10 +254,10 @@ def main(argv=None):
     import jax
 
     start = time.perf_counter()
-    config = get_config(args.tiny)
-    models, bytes_report = build(config, args)
-    r = config.model.resolution
-    x_T = jax.random.normal(jax.random.key(0), (args.batch, r, r, config.model.in_channels))
+    config = get_config(args.tiny, args.config)
+    models, bytes_report = build(config, args, packed=any(n.startswith("packed") for n in names))
+    from bidm_jax import build as builder
+    x_T = jax.random.normal(jax.random.key(0), (args.batch,) + builder.input_shape(config))
     check = None if args.no_check else make_check(config, models, x_T)
     rows = []
     for name in names:
@@ -223,6 +265,10 @@ def main(argv=None):
             print(f"deadline: skipping {name}", flush=True)
             continue
         row = time_variant(name, config, models, args, x_T, check)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if config.first_stage.kind:
+        row = time_decode(config, args, x_T)
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
