@@ -17,11 +17,18 @@ import time
 from absl import logging
 
 LOCK_NAME = "run.lock"
+_HELD: set[str] = set()  # lock files this process holds now
 
 
 def prepare(workdir: str) -> None:
     """Creates ``workdir`` and checks that it is a writable directory; ValueError otherwise
-    (before any data is loaded or program compiled)."""
+    (before any data is loaded or program compiled). Object-store URLs (``gs://...``) are
+    refused: every reader and writer here uses local file calls, which would silently create
+    a local folder named ``gs:`` on each host; mount the bucket instead (docs/tpu.md)."""
+    if "://" in workdir:
+        raise ValueError(f"--workdir {workdir!r} is a URL; the workdir must be a path every "
+                         "host sees: mount the bucket (e.g. gcsfuse BUCKET /mnt/gcs/BUCKET, as "
+                         "launch/tpu_pod.sh does) and pass the mounted path (docs/tpu.md)")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir {workdir!r} is a file, not a directory")
     try:
@@ -68,7 +75,11 @@ def lock(workdir: str, mode: str, primary: bool = True):
         except FileExistsError:
             held = _holder(path)
             same_host = held.get("host") == me["host"]
-            if same_host and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
+            pid = held.get("pid")
+            # A restarted container keeps its host name and often its pid: a lock naming this
+            # process that it does not hold was left by an earlier life of the container.
+            earlier_life = pid == me["pid"] and os.path.abspath(path) not in _HELD
+            if same_host and isinstance(pid, int) and (earlier_life or not _alive(pid)):
                 logging.warning("removing the stale lock of pid %s (no longer running) in %s",
                                 held.get("pid"), workdir)
                 with contextlib.suppress(FileNotFoundError):
@@ -85,9 +96,11 @@ def lock(workdir: str, mode: str, primary: bool = True):
         raise ValueError(f"could not take the lock {path}")
     with os.fdopen(fd, "w") as f:
         json.dump(me, f)
+    _HELD.add(os.path.abspath(path))
     try:
         yield
     finally:
+        _HELD.discard(os.path.abspath(path))
         with contextlib.suppress(FileNotFoundError):
             if _holder(path).get("pid") == me["pid"]:
                 os.remove(path)

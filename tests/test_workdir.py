@@ -49,6 +49,14 @@ def test_stale_lock_is_taken_over_and_released(tmp_path):
     assert not (tmp_path / W.LOCK_NAME).exists()
 
 
+def test_lock_of_an_earlier_life_of_this_pid_is_stale(tmp_path):
+    # A restarted container (same host name, same pid) finds its own pid in the lock.
+    _write_lock(tmp_path, os.getpid())
+    with W.lock(str(tmp_path), "train"):
+        assert json.load(open(tmp_path / W.LOCK_NAME))["mode"] == "train"
+    assert not (tmp_path / W.LOCK_NAME).exists()
+
+
 def test_lock_is_released_when_the_run_fails(tmp_path):
     with pytest.raises(RuntimeError):
         with W.lock(str(tmp_path), "train"):
@@ -69,3 +77,7 @@ def test_bad_workdirs_are_clear_errors(tmp_path):
         ro.chmod(0o500)
         with pytest.raises(ValueError, match="not writable"):
             W.prepare(str(ro))
+    # A bucket URL would silently become a local folder named "gs:" on every host.
+    with pytest.raises(ValueError, match="is a URL.*mount the bucket"):
+        W.prepare("gs://bucket/runs/x")
+    assert not os.path.exists("gs:")
