@@ -21,6 +21,10 @@ def get_config():
     c.distill.lr = 5e-5
     c.distill.spd_lambda = 1e-2
     c.distill.tbs_init = 0.3
+    # The LDM code's per-conv shortcut: |s| with s initialised at 0.3 (CIFAR: s, at 0.0;
+    # methods.md §2.4).
+    c.quant.shortcut_scale_init = 0.3
+    c.quant.shortcut_abs = True
     c.distill.tbs_topology = "code"   # last 8 output blocks, columns 23-30 of 31
     c.train.batch_size = 4
     c.train.num_steps = 200_000

@@ -249,3 +249,14 @@ def test_ldm4_efficiency_figures(ldm4):
     two = sum(size(m) for m in ls.values() if m.spec.weight == "ebb_staged")
     one = sum(size(m) for m in ls.values() if m.spec.bits_w == 1)
     assert (two, one) == (39_839_744, 272_857_088) and round((one + two) / one, 3) == 1.146
+
+
+@pytest.mark.parametrize("name", ["lsun_bedrooms_ldm4_bidm", "lsun_churches_ldm8_bidm",
+                                  "ffhq_ldm4_bidm"])
+def test_bidm_ldm_configs_set_the_ldm_recipe(name):
+    """The BiDM LDM config files carry the LDM code's values, not the CIFAR defaults."""
+    c = sibling(os.path.join(ROOT, "configs", f"{name}.py"), name).get_config()
+    for key, value in LDM_FIELDS.items():
+        section, field = key.split(".")
+        assert c[section][field] == value, key
+    assert (c.quant.method, c.distill.tbs_topology, c.train.batch_size) == ("bidm", "code", 4)
