@@ -38,6 +38,7 @@ from bidm_jax.errors import CorruptFile
 from bidm_jax.npzio import load_npz
 from bidm_jax import build
 from bidm_jax.kernels.packing import pack_signs_host, regroup_words_host
+from bidm_jax.kernels.tpu_matmul import MAX_ACT_BITS, TPU_PATHS
 from bidm_jax.models.functional import Functional, check_shapes, count, path_name
 from bidm_jax.quant import variables
 from bidm_jax.quant.layers import QConv, QDense
@@ -56,8 +57,30 @@ LAYOUT = ("kernel_bits (P, words, O): P sign planes, each int32 words along the 
 
 
 def packed_options(config) -> PackedOptions:
-    """The execution the config asks for (``export.kernel``, ``export.pallas_backend``)."""
-    return PackedOptions(kernel=config.export.kernel, backend=config.export.pallas_backend)
+    """The execution the config asks for (``export.kernel``, ``export.pallas_backend``,
+    ``export.tpu_operand``); a bad value is a ValueError listing the choices."""
+    return PackedOptions(kernel=config.export.kernel, backend=config.export.pallas_backend,
+                         tpu_operand=config.export.tpu_operand)
+
+
+def check_tpu_path(opts: PackedOptions, layers: dict, path: str) -> None:
+    """Refuses a TPU path that cannot hold some 1-bit layer's activations exactly (e.g. int4
+    or popcount for 8-bit activations); ``layers`` is the meta's ``packed_layers``."""
+    tpu_path = opts.tpu_path
+    if tpu_path is None:
+        return
+    limit = MAX_ACT_BITS[tpu_path]
+    # 1-bit-weight layers with integer activations (32 = FP activations: no integer core).
+    bits_a = {base: int(info.get("bits_a") or 1) for base, info in layers.items()
+              if int(info.get("bits_w", 1)) == 1 and int(info.get("planes", 1)) > 0}
+    bad = sorted(base for base, b in bits_a.items() if limit < b < 32)
+    if bad:
+        bits = sorted({bits_a[b] for b in bad})
+        fits = [p for p in TPU_PATHS if MAX_ACT_BITS[p] >= max(bits)]
+        raise ValueError(f"export.tpu_operand={opts.tpu_operand!r} runs the TPU {tpu_path!r} "
+                         f"path, exact for activations of at most {limit} bit(s), but {path} has "
+                         f"{len(bad)} layers with {bits}-bit activations ({bad[0]}, ...); set "
+                         f"export.tpu_operand to one of: {', '.join(fits)}")
 
 
 def binary_layers(module: nnx.Module):
@@ -247,6 +270,7 @@ def packed_sampling_model(config, path: str):
                          "use the student's config")
     _check_compatible(config, stored, path)
     opts = packed_options(config)
+    check_tpu_path(opts, meta["packed_layers"], path)
     planes = {base: int(info["planes"]) for base, info in meta["packed_layers"].items()
               if int(info.get("bits_w", 1)) == 1}
     fm, model_fn, carry_init = build.sampling_model(config, packed=opts, packed_planes=planes)

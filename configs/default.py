@@ -141,6 +141,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.export = e = ml_collections.ConfigDict()  # packed 1-bit students (docs/export.md)
     e.kernel = "xla"             # packed layers run as: xla (int8 conv/dot) | pallas (1-bit kernel)
     e.pallas_backend = "auto"    # auto | gpu (Triton) | tpu (Mosaic); on a CPU: interpret mode
+    # The TPU kernel's path: auto (by chip: v5e/v5p/v6e int4, TPU7x fp8, v2-v4 bf16, else
+    # int8) | int4 | int8 | fp8 | bf16 (MXU operand dtypes) | popcount (VPU XNOR-popcount)
+    e.tpu_operand = "auto"
 
     c.distill = get_distill_config()  # teacher path, distillation loss, TBS
     c.eval = get_eval_config()        # FID/sFID/IS/PR protocol and feature network

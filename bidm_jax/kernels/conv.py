@@ -188,7 +188,8 @@ def binary_conv2d(
       shortcut_kernel, shortcut_bias: (1, 1, I, O), (O,) FP shortcut when I != O.
       stride: int.  padding: int, 'SAME', 'VALID' or ((top, bottom), (left, right)).
       path: "mxu" (int8 ±1 im2col, tensor cores / MXU) or "popcount" (XNOR-popcount).
-      backend, interpret, kernel_kwargs: passed to the matmul kernel.
+      backend, interpret, kernel_kwargs: passed to the matmul kernel (e.g. ``operand="int4"``
+        for the TPU MXU path's operand dtype, tpu_matmul.py).
 
     Returns:
       (B, Ho, Wo, O) float32.

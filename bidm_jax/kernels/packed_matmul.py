@@ -11,6 +11,9 @@ in one dot.  Activations come in as
 * int8 (binary activations ±1, or 0 at zero-padded conv taps): int8 dot, int32 accumulation;
 * bf16 / float (full-precision activations): bf16 dot, float32 accumulation.
 
+The TPU variant (tpu_matmul.py) also takes an explicit MXU operand dtype per chip: int4,
+int8, fp8 (float8_e4m3fn) or bf16.
+
 Activations are zero-padded along K, so the padding bits of the weights meet zeros and add
 nothing (packing.py, "Padding").
 """
@@ -22,50 +25,17 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
 from bidm_jax.kernels import reference
 from bidm_jax.kernels._backend import next_pow2, pad_to, resolve_backend, round_up
 from bidm_jax.kernels.packing import BITS, num_words
-
-_BIT = jnp.int32
-
-
-def unpack_bit_plane(words: jax.Array, j: int) -> jax.Array:
-    """±1 int32 values of bit ``j`` of each word: bit 1 -> -1, bit 0 -> +1.
-
-    ``(w << (31 - j)) >> 31`` (arithmetic) is 0 or -1; ``| 1`` maps it to +1 or -1.  Two
-    or three integer ops per bit, no select.
-    """
-    s = jax.lax.shift_left(words, jnp.int32(BITS - 1 - j)) if j != BITS - 1 else words
-    return jax.lax.shift_right_arithmetic(s, jnp.int32(BITS - 1)) | 1
-
+from bidm_jax.kernels.tpu_matmul import OPERANDS, check_act_bits, tpu_packed_matmul
 
 def _dtypes(x_dtype):
     if x_dtype == jnp.int8:
         return jnp.int8, jnp.int32
     return jnp.bfloat16, jnp.float32
-
-
-def _tpu_kernel(x_ref, w_ref, rs_ref, cs_ref, o_ref, acc_ref, *, g, cdtype, adtype):
-    kk = pl.program_id(2)
-
-    @pl.when(kk == 0)
-    def _init():
-        acc_ref[...] = jnp.zeros_like(acc_ref)
-
-    w = w_ref[...]
-    acc = acc_ref[...]
-    for j in range(BITS):
-        slab = unpack_bit_plane(w, j).astype(cdtype)
-        xs = x_ref[:, j * g : (j + 1) * g]
-        acc = acc + jnp.dot(xs, slab, preferred_element_type=adtype)
-    acc_ref[...] = acc
-
-    @pl.when(kk == pl.num_programs(2) - 1)
-    def _out():
-        o_ref[...] = acc_ref[...].astype(jnp.float32) * rs_ref[...] * cs_ref[...]
 
 
 def neg_bit_plane(words: jax.Array, j) -> jax.Array:
@@ -155,7 +125,9 @@ def packed_matmul(
     col_scale: jax.Array | None = None,
     *,
     backend: str | None = None,
-    interpret: bool = False,
+    operand: str | None = None,
+    act_bits: int | None = None,
+    interpret=False,
     block_m: int | None = None,
     block_n: int | None = None,
     k_splits: int | None = None,
@@ -173,7 +145,12 @@ def packed_matmul(
       group_words: layout parameter ``g`` the weights were packed with.
       row_scale: (M,) float, default 1.  col_scale: (N,) float (e.g. α), default 1.
       backend: "tpu", "gpu", "reference" or None (from the device).
-      interpret: Pallas interpret mode (CPU tests).
+      operand: TPU MXU operand dtype, "int4", "int8", "fp8" or "bf16" (tpu_matmul.py);
+        None = int8 for int8 activations, bf16 otherwise (the GPU kernel always does that).
+      act_bits: bit width of integer activation levels, refused above the operand's exact
+        range (tpu_matmul.MAX_ACT_BITS); None = not checked.
+      interpret: Pallas interpret mode (CPU tests): True, or ``pltpu.InterpretParams()`` for
+        the TPU kernel in TPU interpret mode.
       block_m, block_n: output tile; k_splits: GPU split-K factor (parallelism at small M);
         the largest divisor of the number of full groups that is <= k_splits is used.
       planes_per_step: GPU bit planes per loop step (a divisor of 32).
@@ -202,39 +179,23 @@ def packed_matmul(
     if rs.shape != (m,) or cs.shape != (n,):
         raise ValueError(f"row_scale must be ({m},) and col_scale ({n},); got {rs.shape}, {cs.shape}")
     backend = resolve_backend(backend)
+    by_dtype = "int8" if x.dtype == jnp.int8 else "bf16"
+    if operand is not None and operand not in OPERANDS:
+        raise ValueError(f"operand must be one of {OPERANDS} or None, got {operand!r}")
+    if backend == "gpu" and operand not in (None, by_dtype):
+        raise ValueError(f"operand={operand!r} is a TPU path; the GPU kernel's operand follows "
+                         f"the activations' dtype ({x.dtype}: {by_dtype})")
+    operand = operand or by_dtype
+    check_act_bits(operand, act_bits)
     if backend == "reference":
         return reference.packed_matmul_ref(x, w_words, k, g, rs, cs)
 
+    if backend == "tpu":
+        return tpu_packed_matmul(x, w_words, k, g, rs, cs, operand=operand, act_bits=act_bits,
+                                 interpret=interpret, block_m=block_m, block_n=block_n)
+
     cdtype, adtype = _dtypes(x.dtype)
     x = x.astype(cdtype)
-    groups = kw // g
-    if backend == "tpu":
-        if groups > 1 and g % 8:
-            raise ValueError(f"TPU needs group_words % 8 == 0 (or one group); got {g} with {groups} groups")
-        bm = block_m or min(256, round_up(m, 32))
-        bn = block_n or min(256, round_up(n, 128))
-        mp, np_ = round_up(m, bm), round_up(n, bn)
-        x_p = pad_to(x, (mp, kw * BITS))
-        w_p = pad_to(w_words, (kw, np_))
-        out = pl.pallas_call(
-            functools.partial(_tpu_kernel, g=g, cdtype=cdtype, adtype=adtype),
-            out_shape=jax.ShapeDtypeStruct((mp, np_), jnp.float32),
-            grid=(mp // bm, np_ // bn, groups),
-            in_specs=[
-                pl.BlockSpec((bm, BITS * g), lambda i, j, q: (i, q)),
-                pl.BlockSpec((g, bn), lambda i, j, q: (q, j)),
-                pl.BlockSpec((bm, 1), lambda i, j, q: (i, 0)),
-                pl.BlockSpec((1, bn), lambda i, j, q: (0, j)),
-            ],
-            out_specs=pl.BlockSpec((bm, bn), lambda i, j, q: (i, j)),
-            scratch_shapes=[pltpu.VMEM((bm, bn), adtype)],
-            compiler_params=pltpu.CompilerParams(
-                dimension_semantics=("parallel", "parallel", "arbitrary")
-            ),
-            interpret=interpret,
-        )(x_p, w_p, pad_to(rs.reshape(m, 1), (mp, 1)), pad_to(cs.reshape(1, n), (1, np_)))
-        return out[:m, :n]
-
     # GPU (Triton): the K loop runs inside the kernel; split-K adds a grid axis.
     int8 = cdtype == jnp.int8
     min_g = 32 if int8 else 16  # below the MMA's K the operands get replicated (wrong sums)

@@ -28,7 +28,10 @@ Two executions (``export.kernel``):
   Pallas kernel, which reads the 1-bit words from HBM and unpacks them on chip. The words are
   in the grouped layout that kernel variant wants (GPU Triton: ``g = 32``; TPU Mosaic:
   :func:`bidm_jax.kernels.default_group_words`). On a CPU the kernels run in Pallas
-  interpret mode (tests).
+  interpret mode (tests). On the TPU variant ``export.tpu_operand`` picks the path: the MXU
+  operand dtype (int4, int8, fp8, bf16; ``auto`` by chip, :mod:`bidm_jax.kernels.tpu_matmul`)
+  or ``popcount`` (activation signs packed to words with a validity mask, then the VPU
+  XNOR-popcount kernel); activations wider than the path holds exactly are refused.
 
 Exact zeros: ``sign(0) = 0`` in the fake-quant forward but packs as +1 (one bit has no 0).
 Activations keep their 0 (int8); an exact-zero *weight* is the one case the packed layer
@@ -46,9 +49,11 @@ from jax import lax
 
 from bidm_jax.kernels.conv import default_group_words, im2col
 from bidm_jax.kernels.packed_matmul import packed_matmul
-from bidm_jax.kernels.packing import num_words, unpack_signs
+from bidm_jax.kernels.packing import num_words, pack_signs, unpack_signs
+from bidm_jax.kernels.tpu_matmul import TPU_OPERAND_CHOICES, check_act_bits, resolve_tpu_operand
+from bidm_jax.kernels.xnor import xnor_popcount_matmul
 
-__all__ = ["KERNELS", "PALLAS_BACKENDS", "PackedOptions", "conv_core", "dense_core",
+__all__ = ["KERNELS", "PALLAS_BACKENDS", "TPU_OPERAND_CHOICES", "PackedOptions", "conv_core", "dense_core",
            "conv_plane", "dense_plane", "conv_core_act_planes", "act_planes", "dequantize",
            "scale_of", "weight_planes", "int_conv_core", "int_dense_core"]
 
@@ -67,12 +72,16 @@ class PackedOptions:
 
     kernel: 'xla' or 'pallas'. backend: the Pallas variant, 'gpu' (Triton) or 'tpu'
     (Mosaic); 'auto' = the default device's, and the Triton variant on a CPU.
-    interpret: run the Pallas kernel in interpret mode; None = on a CPU only.
+    interpret: run the Pallas kernel in interpret mode; None = on a CPU only. True or a
+    ``pltpu.InterpretParams()`` (TPU interpret mode, TPU variant only).
+    tpu_operand: the TPU variant's path, one of ``TPU_OPERAND_CHOICES`` ('auto' = by
+    ``jax.devices()[0].device_kind``, :func:`bidm_jax.kernels.tpu_matmul.operand_for_device_kind`).
     """
 
     kernel: str = "xla"
     backend: str = "auto"
-    interpret: bool | None = None
+    interpret: object = None
+    tpu_operand: str = "auto"
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -81,6 +90,9 @@ class PackedOptions:
         if self.backend not in PALLAS_BACKENDS:
             raise ValueError(f"export.pallas_backend={self.backend!r} is invalid; valid "
                              f"choices: {', '.join(PALLAS_BACKENDS)}")
+        if self.tpu_operand not in TPU_OPERAND_CHOICES:
+            raise ValueError(f"export.tpu_operand={self.tpu_operand!r} is invalid; valid "
+                             f"choices: {', '.join(TPU_OPERAND_CHOICES)}")
 
     @property
     def pallas_backend(self) -> str:
@@ -89,8 +101,16 @@ class PackedOptions:
         return "tpu" if _platform() == "tpu" else "gpu"
 
     @property
-    def pallas_interpret(self) -> bool:
+    def pallas_interpret(self):
         return _platform() not in ("gpu", "tpu") if self.interpret is None else self.interpret
+
+    @property
+    def tpu_path(self) -> str | None:
+        """The TPU variant's path (int4 / int8 / fp8 / bf16 / popcount), 'auto' resolved;
+        None when the packed layers do not run the TPU Pallas kernels."""
+        if self.kernel != "pallas" or self.pallas_backend != "tpu":
+            return None
+        return resolve_tpu_operand(self.tpu_operand)
 
     def group_words(self, k: int) -> int:
         """Word layout of a kernel with contraction length ``k`` for this execution."""
@@ -126,9 +146,20 @@ def words_shape(k: int, out_features: int, group_words: int) -> tuple[int, int]:
     return num_words(k, group_words), out_features
 
 
-def _pallas(x2d: jax.Array, words, scale, k: int, g: int, opts: PackedOptions) -> jax.Array:
-    return packed_matmul(x2d, words, k, g, None, scale, backend=opts.pallas_backend,
-                         interpret=opts.pallas_interpret)
+def _pallas(x2d: jax.Array, words, scale, k: int, g: int, opts: PackedOptions,
+            act_bits: int | None = None) -> jax.Array:
+    """scale · (x2d @ sign(W)) through the Pallas kernels: x2d (M, K) int8 levels -> (M, N)."""
+    path = opts.tpu_path
+    if path != "popcount":
+        return packed_matmul(x2d, words, k, g, None, scale, backend=opts.pallas_backend,
+                             operand=path, act_bits=act_bits, interpret=opts.pallas_interpret)
+    # XNOR-popcount takes 1-bit operands: the signs of x and a mask of its non-zeros, so a 0
+    # (a zero-padded tap, a DoReFa 0) contributes nothing and {0, 1} inputs work too.
+    check_act_bits(path, act_bits)
+    a_words = pack_signs(x2d, axis=1, group_words=g)
+    mask = pack_signs(jnp.where(x2d != 0, -1, 1).astype(jnp.int8), axis=1, group_words=g)
+    return xnor_popcount_matmul(a_words, words, k, None, scale, a_mask=mask, backend="tpu",
+                                interpret=opts.pallas_interpret)
 
 
 def _planes(core, words: jax.Array, scale: jax.Array) -> jax.Array:
@@ -154,12 +185,14 @@ def dense_core(x_q: jax.Array, words: jax.Array, scale: jax.Array, **kw) -> jax.
 
 def conv_plane(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, kernel_size: int,
                in_features: int, stride: int, padding: int, group_words: int,
-               opts: PackedOptions) -> jax.Array:
+               opts: PackedOptions, act_bits: int | None = None) -> jax.Array:
     """scale · conv(x_q, sign(W)) from packed W: (B, H, W, I) -> (B, Ho, Wo, O) float32.
 
     x_q: quantized activations (values in {-1, 0, 1}, any dtype); words: (num_words(K, g),
     O) int32 with K = kernel_size²·I in (dy, dx, c) order; scale: (O,); symmetric integer
-    ``padding`` (zeros, which contribute 0 as in the fake-quant conv of x_q).
+    ``padding`` (zeros, which contribute 0 as in the fake-quant conv of x_q). ``act_bits``:
+    the bit width of integer activation levels (b-bit inputs), checked against the TPU path
+    (None: the values are taken to fit it).
     """
     k = kernel_size * kernel_size * in_features
     o = words.shape[-1]
@@ -179,12 +212,13 @@ def conv_plane(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, kernel_siz
     wo = (w_ + 2 * padding - kernel_size) // stride + 1
     xp = jnp.pad(xi, ((0, 0), *pads, (0, 0)))
     cols = im2col(xp, (kernel_size, kernel_size), stride, (ho, wo))   # (B·Ho·Wo, K) int8
-    return _pallas(cols, words, scale, k, group_words, opts).reshape(b, ho, wo, o)
+    return _pallas(cols, words, scale, k, group_words, opts, act_bits).reshape(b, ho, wo, o)
 
 
 def dense_plane(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, in_features: int,
-                group_words: int, opts: PackedOptions) -> jax.Array:
-    """scale · (x_q @ sign(W)) from packed W: (..., I) -> (..., O) float32."""
+                group_words: int, opts: PackedOptions, act_bits: int | None = None) -> jax.Array:
+    """scale · (x_q @ sign(W)) from packed W: (..., I) -> (..., O) float32 (``act_bits`` as
+    :func:`conv_plane`)."""
     o = words.shape[-1]
     xi = x_q.astype(jnp.int8)
     if opts.kernel == "xla":
@@ -198,7 +232,8 @@ def dense_plane(x_q: jax.Array, words: jax.Array, scale: jax.Array, *, in_featur
                               preferred_element_type=jnp.float32)
         return acc * scale.astype(jnp.float32)
     lead = xi.shape[:-1]
-    out = _pallas(xi.reshape(-1, in_features), words, scale, in_features, group_words, opts)
+    out = _pallas(xi.reshape(-1, in_features), words, scale, in_features, group_words, opts,
+                  act_bits)
     return out.reshape(*lead, o)
 
 
