@@ -117,6 +117,8 @@ def get_config() -> ml_collections.ConfigDict:
     s.grid_size = 64             # images in the PNG grid (<= num_samples)
     s.packed = ""                # sample a --mode export file: '' = no (the checkpoint),
                                  # 'auto' = {workdir}/export/packed.npz, or a path
+    s.tag = ""                   # --mode sample writes samples_{tag}.npz / grid_{tag}.png and
+                                 # --mode eval reads it ('' = samples.npz): presets side by side
 
     c.ckpt = k = ml_collections.ConfigDict()
     k.save_every = 5000

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The papers' evaluation of one trained model: 50,000 samples with the paper's sampler
 # settings (pinned per paper and dataset below), then FID / sFID / IS / precision / recall
-# (and KID) against the reference statistics, written to {workdir}/eval/metrics.json and
-# kept as {workdir}/eval/metrics_{preset}.json. docs/metrics.md describes the metrics.
+# (and KID) against the reference statistics. The samples are tagged with the preset
+# ({workdir}/samples/samples_{preset}.npz, resumable) and the metrics written to
+# {workdir}/eval/metrics_{preset}.json (and metrics.json), so presets sit side by side.
+# docs/metrics.md describes the metrics.
 set -euo pipefail
 . "$(dirname "$0")/_common.sh"
 
@@ -16,10 +18,11 @@ usage: launch/eval_50k.sh [options] CONFIG WORKDIR [--config.FIELD=VALUE ...]
 options:
   --preset NAME      sampler preset (default: chosen from CONFIG's file name; --list)
   --list             print the presets and which configs they apply to
-  --ref PATH         reference statistics .npz (eval.ref_path; `--mode ref_stats` builds it).
-                     CIFAR-10 default: {workdir}/eval/ref_cifar10_train_<features>.npz, built
-                     from --data on first use. LSUN / FFHQ: required
-  --data PATH        the dataset (data.path), for building CIFAR-10 reference statistics
+  --ref PATH         reference statistics .npz (eval.ref_path): a `--mode ref_stats` file or
+                     an ADM reference batch (VIRTUAL_lsun_bedroom256.npz: arr_0 images and/or
+                     mu/sigma). Default: {workdir}/eval/ref_<dataset>_<R>px_train_<features>.npz,
+                     built from --data on first use. LSUN / FFHQ: --ref or --data is required
+  --data PATH        the dataset (data.path), to build the reference statistics from
   --inception PATH   FID Inception weights, pytorch-fid's .pth or a converted .npz
                      (eval.inception_path; default: the cache, downloaded when missing)
   --proxy PATH       use the offline proxy feature network at PATH instead of Inception
@@ -27,7 +30,8 @@ options:
   --packed           sample the packed 1-bit export (sample.packed=auto) instead of the
                      checkpoint
   --batch N          sampling batch (sample.batch_size); changes speed, not the samples
-  --skip-sample      evaluate the samples already in WORKDIR
+  --skip-sample      evaluate WORKDIR/samples/samples_<preset>.npz as it is (an interrupted
+                     sampling run is resumed by running the script again without it)
   --skip-eval        only sample
   --dry-run          print the commands instead of running them
   -h, --help         this text
@@ -89,7 +93,7 @@ for a in ${extra[@]+"${extra[@]}"}; do
   case ${a%%=*} in
     --config.diffusion.sampler|--config.diffusion.sample_steps|--config.diffusion.eta|\
     --config.diffusion.var_type|--config.diffusion.clip_x0|--config.sample.num_samples|\
-    --config.eval.num_samples)
+    --config.eval.num_samples|--config.sample.tag)
       die_usage "${a%%=*} is pinned by the preset; choose another --preset instead" ;;
   esac
 done
@@ -130,33 +134,33 @@ if [[ $dataset == cifar10 && $preset != cifar-ddim100 && $preset != qdm-ddpm1000
   die_usage "--preset $preset is not for $dataset configs (--list)"
 fi
 if [[ $dataset != cifar10 ]]; then
-  # The program builds reference statistics from CIFAR-10 only; LSUN / FFHQ references
-  # must be made beforehand (docs/metrics.md).
-  [[ $do_eval == 0 || -n $ref ]] || die_usage "$dataset needs --ref: reference statistics of the whole training set (docs/metrics.md)"
+  # LSUN / FFHQ have no default location: the reference comes from a file (an ADM batch or
+  # a ref_stats file) or is built from the dataset (docs/metrics.md).
+  [[ $do_eval == 0 || -n $ref || -n $data ]] || die_usage "$dataset needs --ref (an ADM reference batch or a --mode ref_stats file) or --data (the training images to build it from; docs/metrics.md)"
   [[ -z $proxy ]] || die_usage "--proxy is a CIFAR-10 classifier; it cannot evaluate $dataset"
 fi
 
 base=(python3 -m bidm_jax.main --config "$config" --workdir "$workdir")
+# The preset names the samples and the metrics: two presets in one workdir both stay.
 sample_flags=(--mode sample --config.sample.num_samples=50000
               "--config.diffusion.sampler=$sampler" "--config.diffusion.sample_steps=$steps"
-              "--config.diffusion.eta=$eta")
+              "--config.diffusion.eta=$eta" "--config.sample.tag=$preset")
 # Pinned explicitly for DDPM: the variance and the clipping are part of Q-DM's protocol.
 [[ $sampler == ddpm ]] && sample_flags+=(--config.diffusion.var_type=fixedlarge --config.diffusion.clip_x0=True)
 [[ -n $batch ]] && sample_flags+=("--config.sample.batch_size=$batch")
 [[ $packed == 1 ]] && sample_flags+=(--config.sample.packed=auto)
 
-eval_flags=(--mode eval --config.eval.num_samples=50000)
+eval_flags=(--mode eval --config.eval.num_samples=50000 "--config.sample.tag=$preset")
 [[ -n $ref ]] && eval_flags+=("--config.eval.ref_path=$ref")
 [[ -n $data ]] && eval_flags+=("--config.data.path=$data")
 [[ -n $inception ]] && eval_flags+=("--config.eval.inception_path=$inception")
 [[ -n $proxy ]] && eval_flags+=(--config.eval.features=proxy "--config.eval.proxy_path=$proxy")
 
-[[ $DRY_RUN == 1 ]] && echo "# $stem: preset $preset ($sampler, $steps steps, eta $eta), 50,000 samples"
+[[ $DRY_RUN == 1 ]] && echo "# $stem: preset $preset ($sampler, $steps steps, eta $eta), 50,000 samples -> $workdir/samples/samples_$preset.npz, $workdir/eval/metrics_$preset.json"
 if [[ $do_sample == 1 ]]; then
   run "${base[@]}" "${sample_flags[@]}" ${extra[@]+"${extra[@]}"}
 fi
 if [[ $do_eval == 1 ]]; then
+  # writes $workdir/eval/metrics_$preset.json (and metrics.json, the latest evaluation)
   run "${base[@]}" "${eval_flags[@]}" ${extra[@]+"${extra[@]}"}
-  # metrics.json is rewritten by every evaluation of the workdir; this copy names the preset.
-  run cp "$workdir/eval/metrics.json" "$workdir/eval/metrics_$preset.json"
 fi

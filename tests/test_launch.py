@@ -234,7 +234,10 @@ def test_eval_cifar10_configs(env, config):
     assert "--config.eval.num_samples=50000" in evaluate
     assert "--config.eval.ref_path=refs/cifar10_train_inception.npz" in evaluate
     assert "--config.eval.inception_path=weights/pt_inception-2015-12-05-6726825d.pth" in evaluate
-    assert "cp runs/x/eval/metrics.json runs/x/eval/metrics_cifar-ddim100.json" in out
+    # The preset tags the samples and the metrics (two presets in one workdir both stay).
+    assert "--config.sample.tag=cifar-ddim100" in sample
+    assert "--config.sample.tag=cifar-ddim100" in evaluate
+    assert "runs/x/eval/metrics_cifar-ddim100.json" in out and " cp " not in out
 
 
 def test_eval_qdm_ddpm_and_proxy(env):
@@ -286,6 +289,7 @@ def test_eval_list_and_skip(env):
     (("configs/quickstart.py", "runs/x"), "not a paper config"),
     (("configs/cifar10_ddim.py", "runs/x", "--config.diffusion.sample_steps=10"), "pinned"),
     (("configs/cifar10_ddim.py", "runs/x", "--config.sample.num_samples=10"), "pinned"),
+    (("configs/cifar10_ddim.py", "runs/x", "--config.sample.tag=x"), "pinned"),
     (("--preset", "bidm-ldm", "configs/cifar10_ddim.py", "runs/x"), "not for cifar10"),
     (("--preset", "nosuch", "configs/cifar10_ddim.py", "runs/x"), "unknown --preset"),
     (("--batch", "0", "configs/cifar10_ddim.py", "runs/x"), "--batch"),
@@ -300,6 +304,8 @@ def test_eval_ldm_needs_reference(env, tmp_path):
     config = tmp_path / "lsun_churches_ldm8_bidm.py"
     config.write_text("")
     bad(env, "eval_50k.sh", "--dry-run", config, "runs/x", message="--ref")
+    out = launch(env, "eval_50k.sh", "--dry-run", config, "runs/x", "--data", "d/churches").stdout
+    assert "--config.data.path=d/churches" in sample_and_eval(out)[1]
 
 
 def test_eval_cifar10_all(env, tmp_path):
