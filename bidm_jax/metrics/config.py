@@ -16,10 +16,12 @@ def get_eval_config() -> ml_collections.ConfigDict:
     c.features = "inception"          # "inception" (FID Inception) or "proxy" (own classifier)
     c.num_samples = 50000             # samples read from the npz; 0 = all of them
     c.batch_size = 256                # feature-extraction batch (global, split over devices)
-    c.samples_path = ""               # default {workdir}/samples/samples.npz (key arr_0)
-    c.ref_path = ""                   # default {workdir}/eval/ref_cifar10_<split>_<features>.npz
+    c.samples_path = ""               # default {workdir}/samples/samples[_<sample.tag>].npz
+    # Reference: a --mode ref_stats file, an ADM reference batch (arr_0 and/or mu/sigma), or
+    # '' = {workdir}/eval/ref_<dataset>_<R>px_<split>[_n<N>]_<features>.npz (built if missing).
+    c.ref_path = ""
     c.ref_split = "train"             # dataset split the reference statistics are built from
-    c.ref_num_images = 0              # 0 = the whole split (50,000 for CIFAR-10 train)
+    c.ref_num_images = 0              # cap: the first N images of the split; 0 = all of it
     c.pr_num_images = 10000           # reference subset kept for precision/recall and KID
     c.ref_store_images = True         # also store that subset as arr_0 (ADM's evaluator reads it)
     c.cache_dir = ""                  # weights cache; "" -> $BIDM_JAX_CACHE or ~/.cache/bidm_jax

@@ -31,6 +31,44 @@ def compute_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
+class RunningStats:
+    """Mean and unbiased covariance of features seen in batches (a dataset too large to keep
+    its features: 3M LSUN images x 2048 float32 are 24 GB).
+
+    Each batch's own mean and centred scatter are merged with Chan et al.'s pairwise update
+    (float64): M2 += C_b + delta delta^T n_a n_b / n, which avoids the cancellation of
+    sum(x x^T) - n mu mu^T. Equals :func:`compute_statistics` up to float64 round-off.
+    """
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def update(self, features) -> None:
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"features must be (B, D), got shape {x.shape}")
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        mb = x.mean(axis=0)
+        xc = x - mb
+        cb = xc.T @ xc
+        if self.n == 0:
+            self.n, self.mean, self.m2 = nb, mb, cb
+            return
+        n = self.n + nb
+        delta = mb - self.mean
+        self.m2 = self.m2 + cb + np.outer(delta, delta) * (self.n * nb / n)
+        self.mean = self.mean + delta * (nb / n)
+        self.n = n
+
+    def finalize(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu (D,), sigma (D, D)) as :func:`compute_statistics`."""
+        if self.n < 2:
+            raise ValueError(f"statistics need >= 2 feature rows, got {self.n}")
+        return self.mean, self.m2 / (self.n - 1)
+
+
 def _psd_sqrt(a: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh((a + a.T) / 2)
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T

@@ -32,7 +32,7 @@ def build_inception(preprocess: str = "adm", precision: str = "highest",
                 "is_logits": out["logits_unbiased"]}
 
     return FeatureNetwork("inception", f"{label}, preprocess={preprocess}", graphdef, state,
-                          apply, {"preprocess": preprocess,
+                          apply, {"preprocess": preprocess, "random_weights": npz_path is None,
                                   "fingerprint": state_fingerprint(state)})
 
 

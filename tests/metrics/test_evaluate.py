@@ -66,7 +66,7 @@ def test_reference_images_as_samples_give_zero_fid(workdir, tiny_cifar):
 
 def test_mismatched_reference_and_bad_samples_raise(workdir, tiny_cifar, tmp_path):
     path = tiny_cifar[0]
-    ref = os.path.join(workdir, "eval", "ref_cifar10_train_proxy.npz")
+    ref = os.path.join(workdir, "eval", "ref_cifar10_32px_train_proxy.npz")
     with np.load(ref) as z:
         arrays = dict(z)
     arrays["fingerprint"] = np.array("0000")
