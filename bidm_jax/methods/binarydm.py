@@ -70,4 +70,5 @@ class BinaryDM(LowBit):
 BINARYDM = register_method(BinaryDM(
     name="binarydm", weight="ebb", act="lsq4", quant_values=QUANT_VALUES,
     distill_defaults=(("loss", "lrm"), ("tbs", False)), faithful_values=FAITHFUL,
+    step_ms=33.0,  # benchmarks/distill.md (TF32, batch 64, 1x H100)
     description="BinaryDM W1A4: EBB two-basis head/tail weights, LSQ activations; LRM"))

@@ -21,4 +21,5 @@ BASELINE = register_method(Baseline(
     name="binarydm_baseline", weight="learnable_scale", act="lsq4",
     quant_values=tuple((w, f, "none" if f == "two_basis" else v) for w, f, v in QUANT_VALUES),
     faithful_values=FAITHFUL,
+    step_ms=25.0,  # benchmarks/distill.md (TF32, batch 64, 1x H100)
     description="BinaryDM Baseline W1A4: learnable sigma·sign(W), LSQ activations"))

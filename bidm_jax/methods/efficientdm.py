@@ -188,4 +188,5 @@ EFFICIENTDM = register_method(EfficientDM(
     name="efficientdm", weight=Q.DEFAULT_WEIGHT, act=Q.DEFAULT_ACT, quant_values=QUANT_VALUES,
     distill_defaults=(("loss", "none"), ("tbs", False), ("data", "teacher_trajectory")),
     faithful_values=FAITHFUL,
+    step_ms=28.6,  # benchmarks/distill.md (TF32, batch 64, 1x H100)
     description="EfficientDM W4A4: QALoRA asymmetric weights, TALSQ activations; data-free"))

@@ -38,4 +38,5 @@ class LSQ(LowBit):
 
 LSQ_METHOD = register_method(LSQ(
     name="lsq", weight="lsq2", act="lsq4", quant_values=QUANT_VALUES, faithful_values=FAITHFUL,
+    step_ms=25.2,  # benchmarks/distill.md (TF32, batch 64, 1x H100)
     description="LSQ W2A4: learned-step uniform weights and activations"))

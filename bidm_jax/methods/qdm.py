@@ -62,4 +62,5 @@ class QDM(LSQ):
 QDM_METHOD = register_method(QDM(
     name="qdm", weight="lsq4", act="lsq4_sample", quant_values=QUANT_VALUES,
     distill_defaults=(("loss", "nem"), ("tbs", False)), faithful_values=FAITHFUL,
+    step_ms=31.0,  # benchmarks/distill.md (TF32, batch 64, 1x H100)
     description="Q-DM W4A4: LSQ weights/activations, TaQ on attention q/k; NeM"))
