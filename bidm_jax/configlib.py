@@ -120,12 +120,13 @@ def validate_config(cfg) -> None:
 
 def _validate_export(cfg) -> None:
     """``export`` section and ``sample.packed``."""
-    from bidm_jax.quant.packed import KERNELS, PALLAS_BACKENDS
+    from bidm_jax.quant.packed import KERNELS, PALLAS_BACKENDS, TPU_OPERAND_CHOICES
 
     if not isinstance(cfg.sample.packed, str):
         raise ValueError(f"sample.packed={cfg.sample.packed!r} must be '', 'auto' or a path")
     _choice(cfg, "export", "kernel", KERNELS)
     _choice(cfg, "export", "pallas_backend", PALLAS_BACKENDS)
+    _choice(cfg, "export", "tpu_operand", TPU_OPERAND_CHOICES)
 
 
 def _section_validators():

@@ -65,6 +65,8 @@ def test_config_errors(trained, tmp_path, capsys):
          f"config file {raising}, line 2: NameError: name 'undefined_name' is not defined"),
         (["--config", CONFIG, "--config.train.lr=fast"],
          "flag --config.train.lr=fast: could not convert string to float: 'fast'"),
+        (["--config", CONFIG, "--config.export.tpu_operand=int2"],
+         "export.tpu_operand='int2' is invalid; valid choices: auto, "),
     ]
     for args, message in cases:
         code, line = run_cli(capsys, ["bidm_jax", *args, "--workdir", trained, "--mode", "train"])

@@ -271,7 +271,8 @@ class QConv(_Binary, nnx.Module):
         y = P.conv_core(xb, self.kernel_bits[...], self.kernel_scale[...],
                         kernel_size=self.kernel_size, in_features=self.in_features,
                         stride=self.stride, padding=self.padding,
-                        group_words=self.group_words, opts=self.packed)
+                        group_words=self.group_words, opts=self.packed,
+                        act_bits=self.spec.bits_a)
         return (y if step is None else y * step).astype(x.dtype)
 
     def _epilogue(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -352,7 +353,7 @@ class QDense(_Binary, nnx.Module):
                 xb, step = self._packed_input(x, dense=True)
                 y = P.dense_core(xb, self.kernel_bits[...], self.kernel_scale[...],
                                  in_features=self.in_features, group_words=self.group_words,
-                                 opts=self.packed)
+                                 opts=self.packed, act_bits=spec.bits_a)
                 y = (y if step is None else y * step).astype(x.dtype)
             else:
                 y = self._quant_act(x, dense=True) @ self._quant_weight().astype(x.dtype)
