@@ -19,21 +19,26 @@ from bidm_jax.configlib import sibling
 base = sibling(__file__, "lsun_bedrooms_ldm4_teacher").get_config
 
 
-def get_config():
-    c = base()
+def bidm_on_ldm(c, teacher: str, lr: float):
+    """BiDM's LDM recipe (methods.md §2.4, §2.8) on the teacher config ``c``."""
     c.mode = "distill"
     c.quant.method = "bidm"
-    c.distill.teacher = "checkpoints/lsun_beds256/unet"
-    c.distill.lr = 2e-5
+    c.distill.teacher = teacher
+    c.distill.lr = lr
     c.distill.spd_lambda = 1e-2
     c.distill.tbs_init = 0.3
     # The LDM code's per-conv shortcut: |s| with s initialised at 0.3 (CIFAR: s, at 0.0;
     # methods.md §2.4).
     c.quant.shortcut_scale_init = 0.3
     c.quant.shortcut_abs = True
-    c.distill.tbs_topology = "code"   # last 8 output blocks, columns 17-24 of 31
+    c.distill.tbs_topology = "code"   # the last 8 output blocks' columns of a 31-column table
     c.train.batch_size = 4
     c.train.num_steps = 200_000
+    return c
+
+
+def get_config():
+    c = bidm_on_ldm(base(), "checkpoints/lsun_beds256/unet", 2e-5)  # columns 17-24
     c.train.warmup_steps = 0
     c.ckpt.save_every = 5000
     c.ckpt.keep_period = 50_000

@@ -11,21 +11,9 @@ steps (the paper; ``--config.diffusion.sample_steps=100`` for the README's), η 
 from bidm_jax.configlib import sibling
 
 base = sibling(__file__, "lsun_churches_ldm8_teacher").get_config
+bidm_on_ldm = sibling(__file__, "lsun_bedrooms_ldm4_bidm").bidm_on_ldm
 
 
 def get_config():
-    c = base()
-    c.mode = "distill"
-    c.quant.method = "bidm"
-    c.distill.teacher = "checkpoints/lsun_churches256/unet"
-    c.distill.lr = 5e-5
-    c.distill.spd_lambda = 1e-2
-    c.distill.tbs_init = 0.3
-    # The LDM code's per-conv shortcut: |s| with s initialised at 0.3 (CIFAR: s, at 0.0;
-    # methods.md §2.4).
-    c.quant.shortcut_scale_init = 0.3
-    c.quant.shortcut_abs = True
-    c.distill.tbs_topology = "code"   # last 8 output blocks, columns 23-30 of 31
-    c.train.batch_size = 4
-    c.train.num_steps = 200_000
-    return c
+    # Columns 23-30; the teacher config's warm-up (10k steps from 1e-6x) and L1 loss stay.
+    return bidm_on_ldm(base(), "checkpoints/lsun_churches256/unet", 5e-5)
