@@ -20,9 +20,17 @@ from tests.tiny import tiny_config  # noqa: E402,F401  (re-exported: the tests i
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# Identical programs (the same train step built by several loops, resumed runs) compile once
-# per test session instead of once per jit object.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="bidm_jax_xla_"))
+# Identical programs (the same train step built by several loops, resumed runs, the command
+# line's train-then-sample runs, the fault tests' killed and resumed runs) compile once per
+# test run instead of once per jit object and process: one persistent cache shared by the
+# xdist workers and, through the environment, by every subprocess a test starts. (A partly
+# written entry read by another process is a warning and a recompile, not an error.)
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+_CACHE = os.path.join(tempfile.gettempdir(), f"bidm_jax_xla_{_RUN}")
+os.makedirs(_CACHE, exist_ok=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
