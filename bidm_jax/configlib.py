@@ -56,6 +56,7 @@ def validate_config(cfg) -> None:
             else SOURCES)
     _choice(cfg, "data", "split", ("train", "test"))
     _positive(cfg, "data", "image_size")
+    _validate_channels(cfg)
     _choice(cfg, "data", "interpolation", INTERPOLATIONS)
     _positive(cfg, "data", "workers")
     _choice(cfg, "model", "name", list_families())
@@ -116,6 +117,20 @@ def validate_config(cfg) -> None:
     for section, validate in _section_validators():
         validate(cfg[section])
 
+
+
+def _validate_channels(cfg) -> None:
+    """``data.channels``: 3, or 1 for the (grey) digits; a pixel-space model reads and
+    predicts that many channels."""
+    channels = cfg.data.get("channels", 3)
+    if channels not in (1, 3) or (channels == 1 and cfg.data.dataset != "digits"):
+        raise ValueError(f"data.channels={channels!r} is invalid; valid choices: 3, or 1 "
+                         f"for data.dataset='digits' (got {cfg.data.dataset!r})")
+    m = cfg.model
+    if not first_stage.enabled(cfg) and not channels == m.in_channels == m.out_ch:
+        raise ValueError(f"a pixel-space model reads and predicts data.channels={channels} "
+                         f"channels; got model.in_channels={cfg.model.in_channels}, "
+                         f"model.out_ch={cfg.model.out_ch}")
 
 
 def _validate_export(cfg) -> None:

@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
                                  # (CompVis bedrooms_train.txt, taming ffhqtrain.txt); '' = all
     d.split = "train"
     d.image_size = 32
+    d.channels = 3               # 3 (RGB); 1 only for the digits, whose scans are grey
     d.random_flip = True
     d.interpolation = "bicubic"  # image folders: resize filter after the centre crop
                                  # (bicubic: CompVis ldm/data/lsun.py; bilinear: taming FFHQ)

@@ -39,7 +39,8 @@ def test_train_then_sample_is_reproducible(tmp_path):
     cli(tmp_path, "--mode", "sample")
     first = np.load(tmp_path / "samples" / "samples.npz")
     assert first.files == ["arr_0"]
-    assert first["arr_0"].shape == (12, 8, 8, 3) and first["arr_0"].dtype == np.uint8
+    # the quickstart models the digits' one grey channel
+    assert first["arr_0"].shape == (12, 8, 8, 1) and first["arr_0"].dtype == np.uint8
     np.testing.assert_array_equal(first["arr_0"], a)
     assert os.path.getsize(tmp_path / "samples" / "grid.png") > 100
     other = cli(tmp_path, "--mode", "sample", "--config.sample.seed=7")
@@ -50,7 +51,10 @@ def test_train_then_sample_is_reproducible(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--config.diffusion.sampler=heun"], "diffusion.sampler='heun' is invalid; valid choices: ddim, ddpm"),
     (["--config.data.dataset=cifar10", "--config.data.image_size=32", "--config.model.resolution=32",
+      "--config.data.channels=3", "--config.model.in_channels=3", "--config.model.out_ch=3",
       "--config.data.path=/nonexistent/cifar.tar.gz"], "cifar-10-python.tar.gz"),
+    (["--config.data.dataset=cifar10", "--config.data.image_size=32", "--config.model.resolution=32"],
+     "data.channels=1 is invalid; valid choices: 3, or 1 for data.dataset='digits'"),
     (["--mode", "sample"], "train first"),
 ])
 def test_bad_input_gives_a_clear_error(tmp_path, args, message):

@@ -14,14 +14,15 @@ import numpy as np
 
 from bidm_jax.data import images as image_files
 from bidm_jax.data.cifar10 import load_cifar10
-from bidm_jax.data.digits import load_digits_rgb
+from bidm_jax.data.digits import load_digits_images
 
 DATASETS = ("cifar10", "digits") + image_files.DATASETS
 
 
 def load_images(data_cfg):
-    """The configured dataset and split: uint8 (N, R, R, 3) in memory (CIFAR-10, digits) or
-    a lazy source of such images (image folders, LSUN, FFHQ)."""
+    """The configured dataset and split: uint8 (N, R, R, C) in memory (CIFAR-10, digits) or
+    a lazy source of such images (image folders, LSUN, FFHQ). C = ``data.channels``: 3,
+    or 1 for the digits, whose scans are grey."""
     if data_cfg.dataset in image_files.DATASETS:
         return image_files.open_images(data_cfg)
     if data_cfg.dataset == "cifar10":
@@ -30,7 +31,7 @@ def load_images(data_cfg):
         images, _ = load_cifar10(data_cfg.split, data_cfg.path or None, data_cfg.source)
         return images
     if data_cfg.dataset == "digits":
-        return load_digits_rgb(data_cfg.image_size)[0]
+        return load_digits_images(data_cfg.image_size, data_cfg.get("channels", 3))[0]
     raise ValueError(f"data.dataset must be one of {DATASETS}, got {data_cfg.dataset!r}")
 
 
