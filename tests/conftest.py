@@ -39,6 +39,9 @@ def pytest_addoption(parser):
     # points in CI; a longer local run with e.g. `pytest tests/test_faults.py --kills 10`.
     parser.addoption("--kills", type=int, default=3,
                      help="SIGKILLs of the kill-and-resume fault test (default 3)")
+    parser.addoption("--notebooks", default="default",
+                     help="notebooks tests/test_notebooks.py executes: default (01, 03), all, "
+                          "or a comma list of names")
     parser.addoption("--kill-seed", type=int, default=None,
                      help="seed of the kill points (default: random, printed on failure)")
 

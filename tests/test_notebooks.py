@@ -131,14 +131,32 @@ def write_tiny_cifar(path: str) -> None:
     np.savez(path, **arrays)
 
 
-def combined_notebook(work: str, cifar: str):
+# Executed by default (the suite's time budget): the quickstart notebook and the packed
+# inference one, which reuses its run. ``pytest tests/test_notebooks.py --notebooks all``
+# executes every notebook (each distillation is one XLA compile of ~30 s on 2 CPU cores).
+DEFAULT_EXECUTED = ("01_quickstart", "03_packed_inference")
+
+
+def executed_names(option: str) -> list[str]:
+    if option in ("", "default"):
+        return [n for n in NAMES if n in DEFAULT_EXECUTED]
+    if option == "all":
+        return list(NAMES)
+    names = [n for n in option.split(",") if n]
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        raise ValueError(f"--notebooks: unknown notebooks {unknown}; valid: {NAMES}")
+    return names
+
+
+def combined_notebook(work: str, cifar: str, names=None):
     """Every notebook's cells in order, for one kernel: the ``skip-ci`` cells dropped, the CI
     parameters after each ``parameters`` cell, the namespace reset between notebooks (the
     imported modules, and so jax's compiled programs, stay)."""
     out = nbformat.v4.new_notebook()
     out.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                   "language": "python"}
-    for name in NAMES:
+    for name in (NAMES if names is None else names):
         nb = nbformat.read(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), as_version=4)
         reset = nbformat.v4.new_code_cell(
             f"get_ipython().run_line_magic('reset', '-f')\nimport os\nos.chdir({ROOT!r})")
@@ -167,7 +185,7 @@ def _seconds(cell) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
-def test_notebooks_execute_top_to_bottom_at_tiny_sizes(tmp_path):
+def test_notebooks_execute_top_to_bottom_at_tiny_sizes(tmp_path, request):
     pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")
     import jax
@@ -176,7 +194,8 @@ def test_notebooks_execute_top_to_bottom_at_tiny_sizes(tmp_path):
 
     cifar = str(tmp_path / "tiny_cifar.npz")
     write_tiny_cifar(cifar)
-    nb = combined_notebook(str(tmp_path / "runs"), cifar)
+    nb = combined_notebook(str(tmp_path / "runs"), cifar,
+                           executed_names(request.config.getoption("--notebooks")))
     cache = jax.config.jax_compilation_cache_dir or str(tmp_path / "xla_cache")
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            # one CPU device; LLVM -O0 as the rest of the suite (compiles ~3x faster)

@@ -1,8 +1,8 @@
 """BinaryDM W1A4, its Baseline and LSQ (methods.md §3, §5): the layer recipe on the DDIM
 CIFAR-10 UNet (paper and code), the progressive-binarization and stage-switch schedules, the
 summary's bit accounting, and a tiny end-to-end distillation on 8 fake CPU devices with LRM
-and the calibration step: resume, export and packed sampling. (The sharded BinaryDM step
-equals the 1-device step: tests/distill/test_distill_e2e.py.)"""
+and the calibration step: resume, export and packed sampling. (That the sharded step equals
+the 1-device step is checked for BiDM and Q-DM in tests/distill/test_distill_e2e.py.)"""
 import json
 import os
 
