@@ -24,7 +24,7 @@ usage: launch/eval_cifar10_all.sh [options] RUNS [--config.FIELD=VALUE ...]
 options:
   --only A,B         evaluate only these config names
   --with-qdm-ddpm    also evaluate Q-DM with 1000-step DDPM (its headline), after its DDIM
-                     run (the samples file is rewritten; both metrics files are kept)
+                     run (samples and metrics are tagged per preset: both sets are kept)
   --dry-run          print the commands instead of running them
   --ref, --data, --inception, --proxy, --batch, --packed: as launch/eval_50k.sh
   -h, --help         this text
