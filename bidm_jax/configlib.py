@@ -120,17 +120,12 @@ def validate_config(cfg) -> None:
 
 
 def _validate_channels(cfg) -> None:
-    """``data.channels``: 3, or 1 for the (grey) digits; a pixel-space model reads and
-    predicts that many channels."""
+    """``data.channels``: 3, or 1 for the (grey) digits (a pixel-space family checks that its
+    model reads and predicts that many: ``ddim_family.validate``)."""
     channels = cfg.data.get("channels", 3)
     if channels not in (1, 3) or (channels == 1 and cfg.data.dataset != "digits"):
         raise ValueError(f"data.channels={channels!r} is invalid; valid choices: 3, or 1 "
                          f"for data.dataset='digits' (got {cfg.data.dataset!r})")
-    m = cfg.model
-    if not first_stage.enabled(cfg) and not channels == m.in_channels == m.out_ch:
-        raise ValueError(f"a pixel-space model reads and predicts data.channels={channels} "
-                         f"channels; got model.in_channels={cfg.model.in_channels}, "
-                         f"model.out_ch={cfg.model.out_ch}")
 
 
 def _validate_export(cfg) -> None:

@@ -51,6 +51,11 @@ def validate(config) -> None:
     if m.resolution != config.data.image_size:
         raise ValueError(f"model.resolution={m.resolution} differs from "
                          f"data.image_size={config.data.image_size} (a pixel-space UNet)")
+    channels = config.data.get("channels", 3)
+    if not channels == m.in_channels == m.out_ch:
+        raise ValueError(f"a pixel-space model reads and predicts data.channels={channels} "
+                         f"channels; got model.in_channels={m.in_channels}, "
+                         f"model.out_ch={m.out_ch}")
 
 
 def spd_features(model) -> list[str]:

@@ -151,3 +151,16 @@ def test_converter_reads_torch_files_weights_only(tmp_path, monkeypatch):
     sd = ddim_cifar10.read_torch_checkpoint(str(tmp_path / "x.ckpt"))
     assert calls == [{"map_location": "cpu", "weights_only": True}]
     np.testing.assert_array_equal(sd["conv_in.weight"], [1.0, 2.0])
+
+
+def test_pixel_model_channels_must_match_the_data():
+    """A pixel-space UNet reads and predicts the data's channels; grey data is digits only."""
+    from bidm_jax.configlib import resolve_config
+    from tests.tiny import tiny_config
+
+    c = tiny_config(**{"data.channels": 1})  # the model still has 3 in/out channels
+    with pytest.raises(ValueError, match="reads and predicts data.channels=1 channels; got "
+                                         "model.in_channels=3"):
+        resolve_config(c, "train")
+    c.model.in_channels = c.model.out_ch = 1
+    assert resolve_config(c, "train").data.channels == 1
