@@ -52,7 +52,7 @@ if "google.colab" in sys.modules:
 #
 # `OVERRIDES` are `--config.SECTION.FIELD=VALUE` settings on top of `configs/quickstart.py`,
 # for example `{"quant.method": "xnor"}` for a plain XNOR-Net student or
-# `{"train.num_steps": 500}` for a longer-trained teacher. (The automated test of this
+# `{"train.num_steps": 2000}` for a longer-trained teacher. (The automated test of this
 # notebook replaces this cell with a tiny model and a handful of steps.)
 
 # %% tags=["parameters"]
